@@ -1,0 +1,1 @@
+"""Checks: named observers that turn facts into outcomes (see `base.py`)."""

@@ -1,0 +1,272 @@
+"""The upstream MTA over SMTP (aiosmtplib): lazy sessions, XCLIENT/XFORWARD, STARTTLS.
+
+Invariants:
+- replies are relayed exactly (code, enhanced code, every line) through `reply.from_upstream`;
+- any transport failure, timeout or unexpected disconnect raises `UpstreamError` and leaves
+  the session unusable (the proxy drops it and opens a fresh one for the next transaction);
+- attribute values sent in XCLIENT/XFORWARD are xtext-encoded (R8); client bytes never reach
+  the upstream except as validated, re-encoded commands and the canonical message (R2);
+- the message is sent as canonical unstuffed CRLF lines; aiosmtplib dot-stuffs and terminates
+  it (tests/unit/test_upstream_emit.py proves the bytes equal `protocol.data.emit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+import aiosmtplib
+
+from smtpguard import metrics
+from smtpguard.config import UpstreamConfig, split_hostport
+from smtpguard.errors import UpstreamError
+from smtpguard.protocol.address import xtext_encode
+from smtpguard.reply import Reply, from_upstream
+from smtpguard.upstream import ClientIdentity
+
+log = logging.getLogger("smtpguard.upstream")
+
+_XCLIENT_ATTRS = ("ADDR", "PORT", "NAME", "HELO", "PROTO")
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class SMTPUpstream:
+    def __init__(self, cfg: UpstreamConfig, local_hostname: str) -> None:
+        self.cfg = cfg
+        self.host, self.port = split_hostport(cfg.url[len("smtp://"):].rstrip("/"), 25)
+        self.local_hostname = cfg.helo_name or local_hostname
+        self.description = f"smtp://{self.host}:{self.port}"
+        self.known_extensions: frozenset[str] | None = None
+        self._tls_ctx = _tls_context(cfg.tls_verify)
+
+    async def open(self, identity: ClientIdentity) -> SMTPUpstreamSession:
+        started = time.perf_counter()
+        session = SMTPUpstreamSession(self)
+        try:
+            await session.connect(identity)
+        except UpstreamError:
+            metrics.UPSTREAM_UP.set(0)
+            raise
+        metrics.UPSTREAM_UP.set(1)
+        metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - started)
+        self.known_extensions = session.extensions
+        return session
+
+    async def probe(self) -> bool:
+        """Connect, EHLO, QUIT: is the upstream there? Also learns its extensions."""
+        client = self._client(min(self.cfg.connect_timeout, 5.0))
+        try:
+            await client.connect()
+            response = await client.ehlo()
+            self.known_extensions = _extensions(response.message)
+            await client.quit()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            client.close()
+            metrics.UPSTREAM_UP.set(0)
+            return False
+        metrics.UPSTREAM_UP.set(1)
+        return True
+
+    def _client(self, timeout: float) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.local_hostname,
+            start_tls=False,
+            use_tls=False,
+            timeout=timeout,
+        )
+
+
+def _extensions(ehlo_message: str) -> frozenset[str]:
+    lines = ehlo_message.split("\n")[1:]
+    return frozenset(line.split(" ", 1)[0].upper() for line in lines if line.strip())
+
+
+def _ext_args(ehlo_message: str, keyword: str) -> set[str]:
+    for line in ehlo_message.split("\n")[1:]:
+        parts = line.split()
+        if parts and parts[0].upper() == keyword:
+            return {p.upper() for p in parts[1:]}
+    return set()
+
+
+class SMTPUpstreamSession:
+    def __init__(self, upstream: SMTPUpstream) -> None:
+        self.upstream = upstream
+        self.cfg = upstream.cfg
+        self.client = upstream._client(upstream.cfg.connect_timeout)
+        self.extensions: frozenset[str] = frozenset()
+        self._identity: ClientIdentity | None = None
+        self._xforward_attrs: set[str] = set()
+        self._broken = False
+
+    @property
+    def usable(self) -> bool:
+        return not self._broken and self.client.is_connected
+
+    async def connect(self, identity: ClientIdentity) -> None:
+        self._identity = identity
+        try:
+            await self.client.connect()
+            ehlo = await self._ehlo()
+            if self.cfg.starttls != "off":
+                if "STARTTLS" in self.extensions:
+                    await self.client.starttls(tls_context=self.upstream._tls_ctx,
+                                               server_hostname=self.upstream.host)
+                    ehlo = await self._ehlo()
+                elif self.cfg.starttls == "required":
+                    raise UpstreamError("upstream does not offer STARTTLS and starttls is required")
+            if self.cfg.xclient == "auto" and "XCLIENT" in self.extensions:
+                await self._xclient(identity, _ext_args(ehlo, "XCLIENT"))
+                # the EHLO after XCLIENT sets the HELO name the upstream records: use the client's
+                await self._ehlo(identity.helo if identity.helo and identity.helo.isascii() and identity.helo.isprintable() else None)
+            elif self.cfg.xforward == "auto" and "XFORWARD" in self.extensions:
+                self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
+        except UpstreamError:
+            self._abort()
+            raise
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            self._abort()
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "connect"
+            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            raise UpstreamError(f"cannot open upstream session: {type(exc).__name__}: {exc}") from None
+        # timeouts for the transaction itself
+        self.client.timeout = self.cfg.command_timeout
+
+    async def _ehlo(self, name: str | None = None) -> str:
+        response = await self.client.ehlo(hostname=name) if name else await self.client.ehlo()
+        if response.code != 250:
+            raise UpstreamError(f"upstream refused EHLO: {response.code} {response.message}")
+        self.extensions = _extensions(response.message)
+        return response.message
+
+    async def _xclient(self, identity: ClientIdentity, allowed: set[str]) -> None:
+        addr = identity.addr
+        if ":" in addr:
+            addr = "IPv6:" + addr
+        values = {
+            "ADDR": addr,
+            "PORT": str(identity.port),
+            "NAME": identity.name or "[UNAVAILABLE]",
+            "HELO": identity.helo or "[UNAVAILABLE]",
+            "PROTO": identity.proto,
+        }
+        args = [f"{k}={xtext_encode(v) if k in ('NAME', 'HELO') and not v.startswith('[') else v}".encode()
+                for k, v in values.items() if not allowed or k in allowed]
+        response = await self.client.execute_command(b"XCLIENT", *args)
+        if response.code != 220:
+            raise UpstreamError(f"upstream refused XCLIENT: {response.code} {response.message}")
+
+    async def _xforward(self) -> None:
+        identity = self._identity
+        if not self._xforward_attrs or identity is None:
+            return
+        addr = identity.addr if ":" not in identity.addr else "IPv6:" + identity.addr
+        values = {"NAME": identity.name or "[UNAVAILABLE]", "ADDR": addr, "PORT": str(identity.port),
+                  "PROTO": identity.proto, "HELO": identity.helo or "[UNAVAILABLE]"}
+        args = [f"{k}={xtext_encode(v) if not v.startswith('[') else v}".encode()
+                for k, v in values.items() if k in self._xforward_attrs]
+        if args:
+            response = await self._execute("XFORWARD", *args)
+            if response.code != 250:
+                raise UpstreamError(f"upstream refused XFORWARD: {response.code}")
+
+    async def _execute(self, verb: str, *args: bytes, timeout: float | None = None) -> aiosmtplib.SMTPResponse:
+        if self._broken:
+            raise UpstreamError("upstream session is no longer usable")
+        started = time.perf_counter()
+        try:
+            response = await self.client.execute_command(verb.encode(), *args, timeout=timeout)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            self._abort()
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
+            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            raise UpstreamError(f"upstream {verb} failed: {type(exc).__name__}") from None
+        metrics.UPSTREAM_COMMAND_SECONDS.labels(verb).observe(time.perf_counter() - started)
+        metrics.UPSTREAM_REPLIES.labels(verb, metrics.reply_class(response.code)).inc()
+        if response.code == 421:
+            self._abort()
+        return response
+
+    async def mail(self, sender: str, params: dict[str, str | None]) -> Reply:
+        await self._xforward()
+        arg = b"FROM:<" + sender.encode("utf-8", "surrogateescape") + b">"
+        response = await self._execute("MAIL", arg, *self._params(params))
+        return from_upstream(response.code, response.message)
+
+    async def rcpt(self, recipient: str, params: dict[str, str | None]) -> Reply:
+        arg = b"TO:<" + recipient.encode("utf-8", "surrogateescape") + b">"
+        response = await self._execute("RCPT", arg, *self._params(params))
+        return from_upstream(response.code, response.message)
+
+    @staticmethod
+    def _params(params: dict[str, str | None]) -> list[bytes]:
+        return [(k if v is None else f"{k}={v}").encode() for k, v in params.items()]
+
+    async def data(self, content: bytes) -> Reply:
+        if self._broken:
+            raise UpstreamError("upstream session is no longer usable")
+        started = time.perf_counter()
+        try:
+            response = await self.client.data(content, timeout=self.cfg.data_timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            metrics.UPSTREAM_REPLIES.labels("DATA", metrics.reply_class(exc.code)).inc()
+            if exc.code == 421:
+                self._abort()
+            return from_upstream(exc.code, exc.message)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            self._abort()
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
+            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            raise UpstreamError(f"upstream DATA failed: {type(exc).__name__}") from None
+        metrics.UPSTREAM_COMMAND_SECONDS.labels("DATA").observe(time.perf_counter() - started)
+        metrics.UPSTREAM_REPLIES.labels("DATA", metrics.reply_class(response.code)).inc()
+        return from_upstream(response.code, response.message)
+
+    async def rset(self) -> None:
+        if self._broken or not self.client.is_connected:
+            return
+        try:
+            response = await self._execute("RSET")
+        except UpstreamError:
+            return
+        if response.code != 250:
+            self._abort()
+
+    async def command(self, verb: str, arg: str | None) -> Reply:
+        args = [arg.encode("utf-8", "surrogateescape")] if arg else []
+        response = await self._execute(verb, *args)
+        return from_upstream(response.code, response.message)
+
+    async def close(self) -> None:
+        if self._broken or not self.client.is_connected:
+            self._abort()
+            return
+        try:
+            await asyncio.wait_for(self.client.quit(), 5.0)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._broken = True
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("closing upstream transport failed", exc_info=True)
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    return {"error": type(exc).__name__}
