@@ -1,0 +1,95 @@
+"""A byte-capturing fake upstream MTA for smuggling tests (field survey §4 R10).
+
+It speaks just enough SMTP (EHLO/MAIL/RCPT/DATA/RSET/QUIT, strict CRLF framing) and records
+every byte it receives per connection, and every message it accepted (the raw, still
+dot-stuffed DATA payload). Runs in a thread on a free loopback port. The real-Postfix tests
+complement it: this one sees exactly what smtpguard put on the wire.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Capture:
+    raw: list[bytes] = field(default_factory=list)  # everything received, per connection
+    messages: list[bytes] = field(default_factory=list)  # DATA payloads incl. the final ".\r\n"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    capture: Capture
+
+    def handle(self) -> None:
+        received = bytearray()
+        with self.capture.lock:
+            self.capture.raw.append(b"")
+            index = len(self.capture.raw) - 1
+
+        def record(data: bytes) -> None:
+            received.extend(data)
+            with self.capture.lock:
+                self.capture.raw[index] = bytes(received)
+
+        self.wfile.write(b"220 capture.test ESMTP\r\n")
+        while True:
+            line = self.rfile.readline(100000)
+            if not line:
+                return
+            record(line)
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                self.wfile.write(b"250-capture.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go\r\n")
+                payload = bytearray()
+                while True:
+                    chunk = self.rfile.readline(1000000)
+                    if not chunk:
+                        return
+                    record(chunk)
+                    payload += chunk
+                    if chunk == b".\r\n" and (len(payload) == 3 or payload[-5:-3] == b"\r\n"):
+                        break
+                with self.capture.lock:
+                    self.capture.messages.append(bytes(payload))
+                self.wfile.write(b"250 2.0.0 Ok: captured\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 2.0.0 Ok\r\n")
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class CaptureUpstream:
+    def __init__(self) -> None:
+        self.capture = Capture()
+        handler = type("Handler", (_Handler,), {"capture": self.capture})
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def alive(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False

@@ -1,0 +1,38 @@
+"""Guards for the aiosmtpd internals smtpguard relies on: these fail loudly on an upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from importlib.metadata import version
+
+import aiosmtpd.smtp as smtp_module
+from aiosmtpd.proxy_protocol import get_proxy
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+
+def test_pinned_version() -> None:
+    assert version("aiosmtpd") == "1.4.6", "smtpguard overrides aiosmtpd internals: re-check them before upgrading"
+
+
+def test_private_attributes_we_use_exist() -> None:
+    instance = SMTP(object(), hostname="x", ident="y")
+    for attr in ("_timeout_handle", "_tls_protocol", "_original_transport", "_handler_coroutine",
+                 "_timeout_duration", "_handle_hooks", "_smtp_methods"):
+        assert hasattr(instance, attr), attr
+    for method in ("_reset_timeout", "_timeout_cb", "_handle_client", "smtp_STARTTLS", "connection_made",
+                   "connection_lost", "eof_received", "push"):
+        assert callable(getattr(SMTP, method)), method
+    # _reader/_writer are set when the client connects
+    assert "self._reader = reader" in inspect.getsource(SMTP._cb_client_connected)
+    assert hasattr(asyncio.StreamReader(), "_buffer")  # read by smtpguard for pipelining detection
+    assert issubclass(TLSSetupException, Exception)
+    assert inspect.iscoroutinefunction(get_proxy)
+
+
+def test_starttls_uses_push_and_sslproto() -> None:
+    source = inspect.getsource(SMTP.smtp_STARTTLS)
+    assert "self.push('220 Ready to start TLS')" in source
+    assert "sslproto.SSLProtocol" in source
+    assert "_original_transport" in inspect.getsource(SMTP.connection_made)
+    assert smtp_module.SMTP.line_length_limit == 1001
