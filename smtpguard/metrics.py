@@ -47,7 +47,7 @@ MESSAGES = Counter(
     ["listener", "outcome"],
 )
 MESSAGE_SIZE = Histogram("smtpguard_message_size_bytes", "Size of messages received", ["listener"], buckets=_SIZE)
-DATA_BYTES_IN_FLIGHT = Gauge("smtpguard_data_bytes_in_flight", "Message bytes held in memory across sessions")
+DATA_BYTES_IN_FLIGHT = Gauge("smtpguard_data_in_flight_bytes", "Message bytes held in memory across sessions")
 
 # policy
 POLICY_DECISIONS = Counter(
@@ -102,3 +102,36 @@ SHUTTING_DOWN = Gauge("smtpguard_shutting_down", "1 while draining after SIGTERM
 
 def reply_class(code: int) -> str:
     return f"{code // 100}xx"
+
+
+def catalogue() -> list[tuple[str, str, tuple[str, ...], str]]:
+    """(exposed name, type, label names, help) of every smtpguard metric, sorted by name."""
+    rows = []
+    for obj in list(globals().values()):
+        if isinstance(obj, Counter | Gauge | Histogram | Info):
+            kind = type(obj).__name__.lower()
+            name = obj._name  # noqa: SLF001 - the library keeps the base name here
+            exposed = {"counter": f"{name}_total", "info": f"{name}_info"}.get(kind, name)
+            rows.append((exposed, kind, tuple(obj._labelnames), obj._documentation))
+    return sorted(rows)
+
+
+def render_markdown() -> str:
+    lines = [
+        "# Metrics catalogue",
+        "",
+        "Generated from `smtpguard/metrics.py` by `python -m smtpguard.metrics > docs/metrics.md`;",
+        "`tests/unit/test_metrics_catalogue.py` fails when the two disagree. Every metric is",
+        "exported on the metrics listener (`--metrics`, default 127.0.0.1:9108) at `/metrics`.",
+        "Labels come only from small fixed sets; never an IP address, a mail address or a domain.",
+        "",
+        "| metric | type | labels | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, kind, labels, doc in catalogue():
+        lines.append(f"| `{name}` | {kind} | {', '.join(labels) or '—'} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
