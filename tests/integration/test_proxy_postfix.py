@@ -5,6 +5,7 @@ Every test talks over real sockets; Postfix's own replies and Maildir deliveries
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -420,3 +421,34 @@ def test_proxy_protocol_v1_v2_trusted_and_untrusted(postfix: Postfix, tmp_workdi
         raw = Raw(sg.ports["strict"])  # 127.0.0.1 is not a trusted PROXY peer there
         raw.send(b"PROXY TCP4 192.0.2.9 127.0.0.1 1 25\r\n")
         assert raw.closed()
+
+
+def test_per_ip_cap_and_idle_timeout(postfix: Postfix, tmp_workdir: Path) -> None:
+    with Smtpguard.start(tmp_workdir / f"sg-caps-{unique()}", upstream=f"smtp://127.0.0.1:{postfix.port}",
+                         no_policy=True, listeners=[{"name": "smtp", "limits": {"max_connections_per_ip": 2,
+                                                                                "idle_timeout": "1s"}}]) as sg:
+        first, second = Raw(sg.port), Raw(sg.port)
+        assert first.reply()[0] == 220 and second.reply()[0] == 220
+        third = Raw(sg.port)
+        code, text = third.reply()
+        assert code == 421 and "4.7.0" in text  # before any banner
+        assert third.closed()
+        code, text = first.reply()  # idle: the server speaks first, after idle_timeout
+        assert code == 421 and "4.4.2" in text
+        assert first.closed()
+        second.close()
+        wait_for(lambda: sg.metric('smtpguard_connections_active{listener="smtp"}') == 0, what="sessions closed")
+        fourth = Raw(sg.port)
+        assert fourth.reply()[0] == 220  # the slots were given back
+        fourth.close()
+
+
+def test_xforward_when_xclient_is_off(postfix: Postfix, tmp_workdir: Path) -> None:
+    with Smtpguard.start(tmp_workdir / f"sg-xf-{unique()}", upstream=f"smtp://127.0.0.1:{postfix.port}",
+                         no_policy=True, config={"upstream": {"xclient": "off"}}) as sg:
+        subject = unique()
+        with smtplib.SMTP("127.0.0.1", sg.port, local_hostname="xforward-client.test") as client:
+            client.sendmail("s@client.test", ["bob@example.test"], f"Subject: {subject}\r\n\r\nxf\r\n")
+        postfix.wait_message("bob", subject.encode())
+        log = postfix.maillog()
+        assert re.search(r"disconnect from .* xforward=1", log), log[-2000:]
