@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import platform
 import signal
 import ssl
@@ -226,8 +227,10 @@ def run(config: Config, gate: Any | None = None) -> None:
         await app.run()
 
     try:
+        if os.environ.get("SMTPGUARD_NO_UVLOOP"):  # profiling: cProfile sees into asyncio only
+            raise ImportError
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    except ImportError:
         asyncio.run(main())
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

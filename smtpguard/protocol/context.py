@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from smtpguard import metrics
 from smtpguard.config import Config, ListenerConfig
 from smtpguard.lists import CidrSet
 from smtpguard.policy.verdict import PolicyGate
@@ -23,8 +24,13 @@ _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
 def new_id(length: int = 12) -> str:
-    """A short random id for sessions and transactions (unambiguous characters)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    """A short random id for sessions and transactions (unambiguous characters, 58 bits)."""
+    value = int.from_bytes(secrets.token_bytes(8), "big")
+    out = []
+    for _ in range(length):
+        value, index = divmod(value, len(_ALPHABET))
+        out.append(_ALPHABET[index])
+    return "".join(out)
 
 
 @dataclass(slots=True)
@@ -61,6 +67,15 @@ class ListenerContext:
     greeting_skip: CidrSet
     proxy_trusted: CidrSet
     active: int = 0
+    _command_counters: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def count_reply(self, verb: str, reply_class: str) -> None:
+        """COMMANDS{listener, verb, reply_class} += 1, with the labelled child cached."""
+        key = (verb, reply_class)
+        child = self._command_counters.get(key)
+        if child is None:
+            child = self._command_counters[key] = metrics.COMMANDS.labels(self.cfg.name, verb, reply_class)
+        child.inc()
 
     @property
     def name(self) -> str:

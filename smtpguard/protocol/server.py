@@ -100,15 +100,7 @@ class GuardSMTP(SMTP):
         limits = listener.cfg.limits
         # the StreamReader limit: a message line or command line plus CRLF and a stuffing dot
         self.line_length_limit = max(limits.max_line_length + 3, limits.max_command_length + 2)
-        super().__init__(
-            _NO_HOOKS,
-            hostname=listener.proxy.hostname,
-            ident="ESMTP",
-            data_size_limit=limits.max_message_size,
-            decode_data=False,
-            timeout=limits.idle_timeout,
-            tls_context=listener.tls_context if listener.cfg.tls.mode == "starttls" else None,
-        )
+        self._init_aiosmtpd_state(listener)
         self.listener = listener
         self.proxy = listener.proxy
         self.limits = limits
@@ -125,6 +117,45 @@ class GuardSMTP(SMTP):
         self._stage_records: list[dict[str, Any]] = []
         self._smtputf8 = False
         self._cleanup_task: asyncio.Task[None] | None = None
+
+    def _init_aiosmtpd_state(self, listener: ListenerContext) -> None:
+        """What `SMTP.__init__` sets up, minus its per-connection introspection of the handler
+        and of `self` (`inspect.getmembers`, `dir`: ~0.3 ms a connection, libraries.md §1.5):
+        smtpguard dispatches commands itself, has no handler hooks and no AUTH mechanisms.
+        tests/unit/test_aiosmtpd_internals.py checks that this sets every attribute the real
+        `__init__` sets."""
+        loop = asyncio.get_running_loop()
+        self.__ident__ = "ESMTP"
+        self.loop = loop
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected, loop=loop)
+        self.event_handler = _NO_HOOKS
+        self.data_size_limit = listener.cfg.limits.max_message_size
+        self.enable_SMTPUTF8 = False
+        self._decode_data = False
+        self.hostname = listener.proxy.hostname
+        self.tls_context = listener.tls_context if listener.cfg.tls.mode == "starttls" else None
+        self.require_starttls = False
+        self._timeout_duration = listener.cfg.limits.idle_timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = None
+        self._auth_required = False
+        self._auth_methods = {}
+        self._handle_hooks = {}
+        self._ehlo_hook_ver = None
+        self._smtp_methods = {}
+        self._enforce_call_limit = False
 
     # ----------------------------------------------------------------- plumbing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,7 +200,7 @@ class GuardSMTP(SMTP):
         data = ("\r\n".join(reply.lines()) + "\r\n").encode("utf-8", "surrogateescape")
         self._writer.write(data)
         verb = self._verb if self._verb in KNOWN_VERBS or self._verb in ("-", "CONNECT") else "unknown"
-        metrics.COMMANDS.labels(self.listener.name, verb, reply.klass).inc()
+        self.listener.count_reply(verb, reply.klass)
 
     async def _reply(self, reply: Reply) -> None:
         self._write_reply(reply)
@@ -265,6 +296,7 @@ class GuardSMTP(SMTP):
             return
         await self._greeting_delay()
         self._verb = "CONNECT"
+        await self._lookup_client_name()
         verdict = await self._evaluate(Stage.CONNECT)
         if self.proxy.shutting_down:
             await self._reply(R_SHUTDOWN)
@@ -314,6 +346,15 @@ class GuardSMTP(SMTP):
         # StreamReader._wait_for_data is private; polling the buffer is cheap and safe
         while not _buffered(self._reader) and not self._reader.at_eof():
             await asyncio.sleep(0.05)
+
+    async def _lookup_client_name(self) -> None:
+        """The verified rDNS name (FCrDNS, the `iprev` check when the policy has it) for rules,
+        logs and XCLIENT NAME; `[UNAVAILABLE]` upstream otherwise."""
+        assert self.facts is not None
+        results = await self.proxy.gate.run_checks(("iprev",), Stage.CONNECT, self.facts, None)
+        result = results.get("iprev")
+        if result is not None and "iprev.pass" in result.outcomes:
+            self.facts.client_name = result.details.get("name") or None
 
     async def _command_loop(self) -> None:
         while not self._closing:

@@ -165,7 +165,7 @@ class SMTPUpstreamSession:
         args = [f"{k}={xtext_encode(v) if k in ('NAME', 'HELO') and not v.startswith('[') else v}".encode()
                 for k, v in values.items() if not allowed or k in allowed]
         response = await self.client.execute_command(b"XCLIENT", *args)
-        if response.code != 220:
+        if response.code not in (220, 250):  # Postfix answers 220 (a new greeting), smtp-sink 250
             raise UpstreamError(f"upstream refused XCLIENT: {response.code} {response.message}")
 
     async def _xforward(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from importlib.metadata import version
+from pathlib import Path
 
 import aiosmtpd.smtp as smtp_module
 from aiosmtpd.proxy_protocol import get_proxy
@@ -36,3 +37,24 @@ def test_starttls_uses_push_and_sslproto() -> None:
     assert "sslproto.SSLProtocol" in source
     assert "_original_transport" in inspect.getsource(SMTP.connection_made)
     assert smtp_module.SMTP.line_length_limit == 1001
+
+
+def test_guard_smtp_sets_every_attribute_smtp_init_sets() -> None:
+    """GuardSMTP replaces SMTP.__init__ (to skip its per-connection introspection): it must
+    still set up everything the real one does."""
+    from smtpguard.config import Config
+    from smtpguard.policy.verdict import NoPolicy
+    from smtpguard.protocol.context import ListenerContext, ProxyContext
+    from smtpguard.protocol.server import GuardSMTP
+    from smtpguard.upstream.maildir import MaildirUpstream
+
+    async def build() -> tuple[set[str], set[str]]:
+        real = SMTP(object(), hostname="x", ident="y")
+        config = Config()
+        proxy = ProxyContext(config=config, gate=NoPolicy(), upstream=MaildirUpstream(Path("/nonexistent")),
+                             hostname="x", authserv_id="x")
+        ours = GuardSMTP(ListenerContext.build(proxy, config.listeners[0], None))
+        return set(vars(real)), set(vars(ours))
+
+    real_attrs, our_attrs = asyncio.run(build())
+    assert real_attrs <= our_attrs, real_attrs - our_attrs
