@@ -76,7 +76,7 @@ def build_check_env(config: Config) -> CheckEnv:
 def build_policy(config: Config, env: CheckEnv) -> Any:
     from smtpguard.policy.runner import PolicyRunner
 
-    runner = PolicyRunner(config.policy.dir, env)
+    runner = PolicyRunner(config.policy.dir, env, builtin_policy=None if config.policy.dir else "default")
     runner.load()
     return runner
 

@@ -46,6 +46,9 @@ class Smtpguard:
         port, metrics_port = free_port(), free_port()
         data: dict[str, Any] = {"hostname": "guard.test", "logging": {"format": "json", "level": "info"}}
         data.update(config or {})
+        # never let a test's DNS traffic leave the machine: by default a loopback port where
+        # nothing listens (queries fail at once); tests that need DNS pass an nsd
+        data.setdefault("dns", {"nameservers": [f"127.0.0.1:{free_port()}"], "timeout": 1})
         extra_ports: dict[str, int] = {}
         if listeners is None:
             data.setdefault("listeners", [{"name": "smtp", "address": f"127.0.0.1:{port}"}])
