@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from smtpguard.errors import ConfigError, Problem
+
+T = TypeVar("T")
 
 
 def read_list_file(path: Path) -> list[tuple[int, str]]:
@@ -44,41 +48,105 @@ class CidrSet:
     __slots__ = ("_v4", "_v6", "size")
 
     def __init__(self, networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
-        v4: list[tuple[int, int]] = []
-        v6: list[tuple[int, int]] = []
+        intervals: list[tuple[int, int, int]] = []
         self.size = 0
         for item in networks:
             self.size += 1
-            for net in parse_networks(item) if isinstance(item, str) else (item,):
-                if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
-                    low = int(net.network_address) - _MAPPED_BASE
-                    v4.append((low, low + net.num_addresses - 1))
-                    continue
-                bucket = v4 if net.version == 4 else v6
-                bucket.append((int(net.network_address), int(net.broadcast_address)))
-        self._v4 = _merge(v4)
-        self._v6 = _merge(v6)
+            if isinstance(item, str):
+                intervals.append(parse_interval(item))
+            else:
+                intervals.append((item.version, int(item.network_address), int(item.broadcast_address)))
+        self._v4, self._v6 = _build(intervals)
+
+    @classmethod
+    def from_intervals(cls, intervals: list[tuple[int, int, int]]) -> CidrSet:
+        """From `(version, first, last)` triples as returned by `parse_interval`."""
+        self = cls()
+        self._v4, self._v6 = _build(intervals)
+        self.size = len(intervals)
+        return self
 
     def __contains__(self, address: object) -> bool:
-        if isinstance(address, str):
-            try:
-                address = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if isinstance(address, ipaddress.IPv4Address):
+        kind = type(address)
+        if kind is ipaddress.IPv4Address:  # the common case first: Session.client_ip
+            value = int(address)  # type: ignore[call-overload]
             starts, ends = self._v4
-        elif isinstance(address, ipaddress.IPv6Address):
-            starts, ends = self._v6
         else:
-            return False
-        value = int(address)
+            if isinstance(address, str):
+                try:
+                    version, value = _address_int(address)
+                except ValueError:
+                    return False
+            elif isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                version, value = address.version, int(address)
+            else:
+                return False
+            if version == 6 and value >> 32 == 0xFFFF:  # IPv4-mapped
+                version, value = 4, value & 0xFFFFFFFF
+            starts, ends = self._v4 if version == 4 else self._v6
         i = bisect.bisect_right(starts, value) - 1
         return i >= 0 and value <= ends[i]
 
     def __len__(self) -> int:
         return self.size
+
+
+def _build(intervals: list[tuple[int, int, int]]) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
+    for version, first, last in intervals:
+        if version == 6 and first >> 32 == 0xFFFF and last >> 32 == 0xFFFF:  # IPv4-mapped entry
+            v4.append((first & 0xFFFFFFFF, last & 0xFFFFFFFF))
+        elif version == 4:
+            v4.append((first, last))
+        else:
+            v6.append((first, last))
+    return _merge(v4), _merge(v6)
+
+
+def _address_int(text: str) -> tuple[int, int]:
+    """(version, integer value) of an IP literal; fast path through inet_pton."""
+    text = text.strip()
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def parse_interval(text: str) -> tuple[int, int, int]:
+    """`(version, first, last)` of a network, an address or an inclusive range `FIRST-LAST`.
+
+    Same rules as `parse_networks` (host bits set is an error), about 10x faster: list files
+    with 100,000 entries load without stalling the event loop for seconds.
+    """
+    entry = text.strip()
+    if "-" in entry:
+        first_text, _, last_text = entry.partition("-")
+        try:
+            v1, first = _address_int(first_text)
+            v2, last = _address_int(last_text)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a valid address range ({exc})") from None
+        if v1 != v2 or first > last:
+            raise ValueError(f"{text!r} is not a valid address range (families differ or first > last)")
+        return v1, first, last
+    address, slash, length = entry.partition("/")
+    try:
+        version, value = _address_int(address)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid IP network") from None
+    bits = 32 if version == 4 else 128
+    if slash and not (length.isdigit() and 0 <= int(length) <= bits and length == str(int(length))):
+        raise ValueError(f"{text!r} is not a valid IP network (bad prefix length)")
+    prefix = int(length) if slash else bits
+    hostmask = (1 << (bits - prefix)) - 1
+    if value & hostmask:
+        raise ValueError(f"{text!r} is not a valid IP network (host bits set)")
+    return version, value, value | hostmask
 
 
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -100,9 +168,6 @@ def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netw
         return list(ipaddress.summarize_address_range(first, last))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{text!r} is not a valid address range ({exc})") from None
-
-
-_MAPPED_BASE = int(ipaddress.IPv6Address("::ffff:0.0.0.0"))
 
 
 def _merge(intervals: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -190,30 +255,28 @@ def normalize_address(address: str) -> str:
     return f"{local}@{normalize_domain(domain)}"
 
 
-def _collect(inline: Iterable[str], files: Iterable[Path], parse: Callable[[str], object]) -> list[str]:
-    """Validate every entry with `parse`; errors name `file:line` (inline entries: their index)."""
-    entries: list[str] = []
+def _collect(inline: Iterable[str], files: Iterable[Path], parse: Callable[[str], T]) -> list[T]:
+    """Parse every entry once with `parse`; errors name `file:line` (inline entries: their index)."""
+    parsed: list[T] = []
     problems: list[Problem] = []
     for index, entry in enumerate(inline, 1):
         try:
-            parse(entry)
-            entries.append(entry)
+            parsed.append(parse(entry))
         except ValueError as exc:
             problems.append(Problem(None, None, f"list entry {index}: {exc}"))
     for path in files:
         for number, entry in read_list_file(path):
             try:
-                parse(entry)
-                entries.append(entry)
+                parsed.append(parse(entry))
             except ValueError as exc:
                 problems.append(Problem(str(path), number, str(exc)))
     if problems:
-        raise ConfigError(problems)
-    return entries
+        raise ConfigError(problems[:20])
+    return parsed
 
 
 def load_cidr_set(inline: Iterable[str] = (), files: Iterable[Path] = ()) -> CidrSet:
-    return CidrSet(_collect(inline, files, parse_networks))
+    return CidrSet.from_intervals(_collect(inline, files, parse_interval))
 
 
 def load_domain_set(inline: Iterable[str] = (), files: Iterable[Path] = (), subdomains: bool = True) -> DomainSet:
