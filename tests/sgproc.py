@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from realservers import free_port, smtp_ready, wait_for
+from realservers import free_port, tcp_accepts, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ class Smtpguard:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"smtpguard exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            return smtp_ready(self.port) and self._http("/healthz")[0] == 200
+            return tcp_accepts(self.port) and self._http("/healthz")[0] == 200
         wait_for(ready, timeout=timeout, what="smtpguard to listen")
 
     def _http(self, path: str) -> tuple[int, str]:
