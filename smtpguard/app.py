@@ -63,7 +63,9 @@ def build_check_env(config: Config) -> CheckEnv:
     from smtpguard.store.factory import create_store
 
     dns = DNSResolver(nameservers=list(config.dns.nameservers) or None, timeout=config.dns.timeout)
-    store = create_store(config.store.url)
+    store = create_store(config.store.url, timeout=config.store.timeout, prefix=config.store.prefix,
+                         pool_size=config.store.pool_size, failures_to_open=config.store.failures_to_open,
+                         cooldown=config.store.cooldown)
     local = set()
     for listener in config.listeners:
         host, _ = split_hostport(listener.address)
@@ -117,7 +119,7 @@ class App:
             tls = build_tls_context(cfg)
             listener = ListenerContext.build(self.proxy, cfg, tls)
             server = await loop.create_server(
-                lambda listener=listener: GuardSMTP(listener),  # type: ignore[misc]
+                lambda listener=listener: GuardSMTP(listener),
                 host=host, port=port, reuse_address=True, backlog=1024,
                 ssl=tls if cfg.tls.mode == "implicit" else None,
             )

@@ -164,6 +164,18 @@ class DNSConfig(_Model):
 
 class StoreConfig(_Model):
     url: str = "memory"  # or redis://HOST:PORT/DB
+    timeout: Duration = 0.2  # per Redis operation; a slow or dead Redis is an error, never a hang
+    prefix: str = "smtpguard:"  # every key starts with this (share one Redis between deployments)
+    pool_size: int = Field(64, ge=1)
+    failures_to_open: int = Field(3, ge=1)  # consecutive failures before the circuit opens
+    cooldown: Duration = 2.0  # seconds before a half-open probe
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r}: store must be memory or redis://HOST:PORT/DB")
+        return value
 
 
 class LoggingConfig(_Model):
@@ -266,7 +278,7 @@ def _apply_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
         value = flags["metrics"]
         data["metrics"] = {"listen": None if value in ("off", "none", "") else value}
     if flags.get("store"):
-        data["store"] = {"url": flags["store"]}
+        data["store"] = {**data.get("store", {}), "url": flags["store"]}
     if flags.get("dns"):
         data["dns"] = {**data.get("dns", {}), "nameservers": list(flags["dns"])}
     if flags.get("hostname"):

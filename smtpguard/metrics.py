@@ -74,7 +74,7 @@ DNS_QUERIES = Counter(
 )
 DNS_SECONDS = Histogram("smtpguard_dns_query_duration_seconds", "DNS query latency (cache misses)", ["type"],
                         buckets=_LATENCY)
-DNSBL_ZONE_HEALTHY = Gauge("smtpguard_dnsbl_zone_healthy", "1 when the DNS list answered its health probes sanely",
+DNSBL_ZONE_HEALTHY = Gauge("smtpguard_dnsbl_zone_healthy", "1 when the DNS list answered its health probes sanely (zone label: <check>/<zone name>)",
                            ["zone"])
 
 # state store

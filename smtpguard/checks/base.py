@@ -89,7 +89,10 @@ class CheckContext:
 class Check(Protocol):
     name: ClassVar[str]
     # the earliest stage at which the facts this check needs exist; a rule at an earlier
-    # stage that tests one of its outcomes is a load-time error
+    # stage that tests one of its outcomes is a load-time error. `stage`, `scope` and
+    # `requires` are class attributes that an instance may override from its options
+    # (e.g. greylisting evaluated at DATA, dnswl required only when configured; mypy needs
+    # `# type: ignore[misc]` on such an assignment).
     stage: ClassVar[Stage]
     scope: ClassVar[Scope]
     Options: ClassVar[type[CheckOptions]]
@@ -130,6 +133,9 @@ class CheckBase:
         """Release resources when a policy version is retired (optional)."""
 
 
+# Optional hooks: `async def start(self) -> None` (called once after a policy version is
+# loaded, e.g. to start health probes) and `async def close(self) -> None` (when the version
+# is retired and nothing pins it any more).
 # Optional hook: checks that keep counters (rate limits, concurrency, greylisting auto-allow)
 # may define `async def observe(self, event: str, ctx: CheckContext) -> None`; the proxy calls
 # it for the events below. It must not raise (errors are logged and counted by the caller).
