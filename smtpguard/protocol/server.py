@@ -338,7 +338,7 @@ class GuardSMTP(SMTP):
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wait_for_input(), delay)
-        if _buffered(self._reader) or self._reader.at_eof():
+        if _buffered(self._reader):  # hanging up before the banner is not talking
             self.facts.early_talker = True
             self._violation("early_talker")
 
