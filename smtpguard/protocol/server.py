@@ -115,6 +115,7 @@ class GuardSMTP(SMTP):
         self._counted_ip: str | None = None
         self._refused: Reply | None = None
         self._stage_records: list[dict[str, Any]] = []
+        self._upstream_replies: list[str] = []  # what the MTA answered in this transaction
         self._smtputf8 = False
         self._cleanup_task: asyncio.Task[None] | None = None
 
@@ -540,6 +541,7 @@ class GuardSMTP(SMTP):
         self.txn = Transaction(id=new_id(), sender=path.address, mail_params=dict(path.params),
                                declared_size=int(size) if size else None)
         self._stage_records = []
+        self._upstream_replies = []
         self._smtputf8 = "SMTPUTF8" in path.params
         if await self._policy_refusal(Stage.MAIL):
             self._finish_transaction("rejected", None)
@@ -563,6 +565,7 @@ class GuardSMTP(SMTP):
         except UpstreamError:
             await self._upstream_lost()
             return
+        self._upstream_replies.append(f"MAIL {reply}")
         await self._reply(reply)
         if not reply.is_positive:
             self._finish_transaction("upstream_rejected" if reply.is_permanent else "upstream_tempfailed", reply)
@@ -613,6 +616,7 @@ class GuardSMTP(SMTP):
             except UpstreamError:
                 await self._upstream_lost()
                 return
+            self._upstream_replies.append(f"RCPT <{path.address}> {reply}")
             if reply.is_positive:
                 txn.recipients.append(path.address)
             else:
@@ -733,6 +737,7 @@ class GuardSMTP(SMTP):
             with contextlib.suppress(Exception):
                 await relay
             raise
+        self._upstream_replies.append(f"DATA {reply}")
         reply = reply.with_suffix(f"[txn {txn.id}]")
         await self._reply(reply)
         if reply.is_positive:
@@ -877,10 +882,12 @@ class GuardSMTP(SMTP):
                 "helo": self.facts.helo, "tls": self.facts.tls.version if self.facts.tls else None,
                 "sender": txn.sender, "recipients": txn.recipients, "failed_recipients": txn.failed_recipients,
                 "size": txn.message.size if txn.message else None, "outcome": outcome,
-                "reply": str(reply) if reply else None, "stages": self._stage_records,
+                "reply": str(reply) if reply else None, "upstream": self._upstream_replies,
+                "stages": self._stage_records,
                 "policy": getattr(txn.policy, "version", None),
             }})
         self._stage_records = []
+        self._upstream_replies = []
 
     # ----------------------------------------------------------------- shutdown
     def begin_shutdown(self) -> None:

@@ -282,6 +282,8 @@ def test_decision_record_carries_the_transaction_id(guard: Smtpguard, postfix: P
     record = wait_for(lambda: next((r for r in guard.decisions() if r["txn"] == txn), None), what="decision record")
     assert record["sender"] == "record@client.test" and record["recipients"] == ["alice@example.test"]
     assert record["outcome"] == "delivered" and record["reply"].startswith("250 ")
+    assert [u.split()[0] for u in record["upstream"]] == ["MAIL", "RCPT", "DATA"]  # the MTA's own answers
+    assert "queued as" in record["upstream"][-1]
 
 
 # --------------------------------------------------------------------- upstream failures
