@@ -454,3 +454,21 @@ def test_xforward_when_xclient_is_off(postfix: Postfix, tmp_workdir: Path) -> No
         postfix.wait_message("bob", subject.encode())
         log = postfix.maillog()
         assert re.search(r"disconnect from .* xforward=1", log), log[-2000:]
+
+
+def test_dsn_and_smtputf8_parameters_reach_postfix(guard: Smtpguard, postfix: Postfix) -> None:
+    raw = open_session(guard.port)
+    ehlo = raw.cmd("EHLO client.test")[1]
+    assert "DSN" in ehlo and "SMTPUTF8" in ehlo  # Postfix has both, so they are offered
+    assert raw.cmd("MAIL FROM:<s@client.test> RET=HDRS ENVID=abc+2Bdef")[0] == 250
+    assert raw.cmd("RCPT TO:<alice@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.test")[0] == 250
+    assert raw.cmd("RSET")[0] == 250
+    subject = unique()
+    raw.send("MAIL FROM:<jürgen@client.test> SMTPUTF8\r\n".encode())
+    assert raw.reply()[0] == 250
+    assert raw.cmd("RCPT TO:<bob@example.test>")[0] == 250
+    assert raw.cmd("DATA")[0] == 354
+    raw.send(f"Subject: {subject}\r\nFrom: jürgen@client.test\r\n\r\nutf8\r\n.\r\n".encode())
+    assert raw.reply()[0] == 250
+    raw.close()
+    assert "jürgen@client.test".encode() in postfix.wait_message("bob", subject.encode())
