@@ -58,7 +58,7 @@ class HealthServer:
                     "Connection: close\r\n\r\n").encode()
             writer.write(head + (body if method != "HEAD" else b""))
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -74,7 +74,8 @@ DNS_QUERIES = Counter(
 )
 DNS_SECONDS = Histogram("smtpguard_dns_query_duration_seconds", "DNS query latency (cache misses)", ["type"],
                         buckets=_LATENCY)
-DNSBL_ZONE_HEALTHY = Gauge("smtpguard_dnsbl_zone_healthy", "1 when the DNS list answered its health probes sanely (zone label: <check>/<zone name>)",
+DNSBL_ZONE_HEALTHY = Gauge("smtpguard_dnsbl_zone_healthy",
+                           "1 when the DNS list answered its health probes sanely (zone label: <check>/<zone name>)",
                            ["zone"])
 
 # state store
@@ -110,7 +111,7 @@ def catalogue() -> list[tuple[str, str, tuple[str, ...], str]]:
     for obj in list(globals().values()):
         if isinstance(obj, Counter | Gauge | Histogram | Info):
             kind = type(obj).__name__.lower()
-            name = obj._name  # noqa: SLF001 - the library keeps the base name here
+            name = obj._name
             exposed = {"counter": f"{name}_total", "info": f"{name}_info"}.get(kind, name)
             rows.append((exposed, kind, tuple(obj._labelnames), obj._documentation))
     return sorted(rows)

@@ -20,6 +20,7 @@ locally and a failure when ``CI=true``); a daemon that dies or never becomes rea
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import json
@@ -300,11 +301,12 @@ class Daemon:
         _terminate(self.pid, group=True, popen=self.popen, sig=sig)
 
 
-class _Server:
+class _Server(abc.ABC):
     """Context-manager plumbing shared by all servers: ``with X.start(...) as x:`` stops x."""
 
-    def stop(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the server and wait until it is gone (idempotent)."""
 
     def __enter__(self) -> Self:
         return self
@@ -698,7 +700,8 @@ class SilentUDP(_Server):
     def close(self) -> None:
         self._sock.close()
 
-    stop = close
+    def stop(self) -> None:
+        self.close()
 
 
 def silent_udp_port() -> SilentUDP:
@@ -912,6 +915,12 @@ class SmtpSink(_Server):
     @property
     def pid(self) -> int | None:
         return self._child.pid if self._child else None
+
+    def check_alive(self) -> None:
+        """Raise ServerError (exit status and output tail) if smtp-sink has died."""
+        if self._child is None:
+            raise ServerError("smtp-sink is stopped")
+        self._child.check_alive()
 
     def count(self) -> int:
         """Messages received so far (smtp-sink's running ``mesg=`` counter; 0 before any)."""

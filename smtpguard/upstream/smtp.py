@@ -130,7 +130,8 @@ class SMTPUpstreamSession:
             if self.cfg.xclient == "auto" and "XCLIENT" in self.extensions:
                 await self._xclient(identity, _ext_args(ehlo, "XCLIENT"))
                 # the EHLO after XCLIENT sets the HELO name the upstream records: use the client's
-                await self._ehlo(identity.helo if identity.helo and identity.helo.isascii() and identity.helo.isprintable() else None)
+                helo = identity.helo
+                await self._ehlo(helo if helo and helo.isascii() and helo.isprintable() else None)
             elif self.cfg.xforward == "auto" and "XFORWARD" in self.extensions:
                 self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
         except UpstreamError:

@@ -278,6 +278,7 @@ def test_decision_record_carries_the_transaction_id(guard: Smtpguard, postfix: P
         client.mail("record@client.test")
         client.rcpt("alice@example.test")
         code, text = client.data(f"Subject: {subject}\r\n\r\nx\r\n".encode())
+    assert code == 250
     txn = text.decode().rsplit("[txn ", 1)[1].rstrip("]")
     record = wait_for(lambda: next((r for r in guard.decisions() if r["txn"] == txn), None), what="decision record")
     assert record["sender"] == "record@client.test" and record["recipients"] == ["alice@example.test"]

@@ -117,6 +117,7 @@ def test_dot_stuffing_is_canonical(guard: Smtpguard, capture: CaptureUpstream) -
     body = f"Subject: {tag}\r\n\r\n..stuffed\r\n...two\r\n.\r\n".encode()
     code, _, raw = _send(guard.port, body)
     assert code == 250
+    raw.close()
     message = next(m for m in capture.capture.messages if tag.encode() in m)
     assert message.endswith(b"\r\n..stuffed\r\n...two\r\n.\r\n")
 

@@ -62,7 +62,7 @@ def test_overlong_line_and_dot_after_fragment() -> None:
     framer, rest = frame(b"x" * 2000 + b".\r\nSMUGGLE\r\n.\r\n")
     assert framer.done and rest == b""
     assert "line_too_long" in framer.rejected_violations
-    assert all(b"SMUGGLE" != line for line in framer.lines) or "line_too_long" in framer.violations
+    assert all(line != b"SMUGGLE" for line in framer.lines) or "line_too_long" in framer.violations
 
 
 def test_size_is_counted_past_the_limit_without_storing() -> None:
