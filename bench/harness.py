@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from realservers import SmtpSink, find_binary
+from realservers import ServerError, SmtpSink, find_binary
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -145,6 +145,10 @@ def run_once(target: Target, sink: SmtpSink, concurrency: int, count: int,
     elapsed = time.perf_counter() - t0
     cpu1 = cpu_seconds(target.pid) if target.pid else None
     if proc.returncode != 0:
+        try:
+            sink.check_alive()
+        except ServerError as exc:
+            raise BenchError(f"{target.name} c={concurrency}: the sink died: {exc}") from None
         raise BenchError(f"{target.name} c={concurrency}: smtp-source exit {proc.returncode}: "
                          f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
     want = before + count

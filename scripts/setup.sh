@@ -10,6 +10,8 @@
 # Run as root (apt). Environment knobs:
 #   PYTHON=python3.11             interpreter for a new .venv (default: python3.11, else python3)
 #   SMTPGUARD_WITH_CHROMIUM=1     also install chromium (dashboard screenshots; large, off by default)
+#   npm is ensured too (Grafana dashboard schema tests generate their schema with it): Debian's
+#   npm package, unless an npm is already on PATH (e.g. NodeSource nodejs)
 #   EXTRA_APT_PACKAGES="a b"      more apt packages to ensure
 #   SKIP_APT=1 / SKIP_HELM=1      skip that part
 set -euo pipefail
@@ -38,15 +40,22 @@ APT_PACKAGES=(
   python3
   python3-venv
 )
-if [[ "${SMTPGUARD_WITH_CHROMIUM:-0}" == 1 ]]; then APT_PACKAGES+=(chromium); fi
+# Entries "package:command" also count as present when `command` is on PATH (e.g. npm coming
+# from a NodeSource nodejs package instead of Debian's npm).
+if [[ "${SMTPGUARD_WITH_CHROMIUM:-0}" == 1 ]]; then APT_PACKAGES+=(chromium:chromium); fi
+APT_PACKAGES+=(npm:npm)
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${EXTRA_APT_PACKAGES:-})
 
-is_installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+is_installed() {
+  local pkg="${1%%:*}" cmd="${1#*:}"
+  [[ "$cmd" != "$1" ]] && command -v "$cmd" >/dev/null && return 0
+  [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]]
+}
 
 install_apt() {
   local missing=() pkg
-  for pkg in "${APT_PACKAGES[@]}"; do is_installed "$pkg" || missing+=("$pkg"); done
+  for pkg in "${APT_PACKAGES[@]}"; do is_installed "$pkg" || missing+=("${pkg%%:*}"); done
   if ((${#missing[@]} == 0)); then
     log "apt: all ${#APT_PACKAGES[@]} packages present"
     return 0

@@ -9,6 +9,8 @@ records, `metrics()` scrapes /metrics into {series: value}.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +25,16 @@ import yaml
 from realservers import free_port, tcp_accepts, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Safety net: a test that died before its teardown must not leave smtpguard running."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Smtpguard:
@@ -74,9 +86,14 @@ class Smtpguard:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment,
                                     start_new_session=True)
+        _LIVE.add(proc)
         sg = cls(workdir, port, metrics_port, proc, log_path, config_path, extra_ports)
         if wait:
-            sg.wait_ready()
+            try:
+                sg.wait_ready()
+            except BaseException:
+                sg.stop(timeout=5)
+                raise
         return sg
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -140,6 +157,7 @@ class Smtpguard:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        _LIVE.discard(self.proc)
         return self.proc.returncode
 
     def __enter__(self) -> Smtpguard:
