@@ -21,10 +21,8 @@ WORKDIR /src
 RUN python -m venv /opt/smtpguard
 COPY pyproject.toml README.md ./
 COPY smtpguard ./smtpguard
-# The built-in "default" policy (used when no policy dir is configured) is policies/default.yaml
-# in the source tree; put it where the installed package looks for it (package data
-# smtpguard/defaults/policies/*.yaml), or the image would fail with "no built-in policy".
-COPY policies/default.yaml ./smtpguard/defaults/policies/default.yaml
+# (the built-in default policy is package data: smtpguard/defaults/policies/default.yaml,
+# which policies/default.yaml links to)
 RUN /opt/smtpguard/bin/pip install --no-cache-dir . \
     && /opt/smtpguard/bin/python -m compileall -q /opt/smtpguard/lib
 
