@@ -106,6 +106,7 @@ class App:
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
+        metrics.initialise([listener.name for listener in self.config.listeners])
         metrics.BUILD_INFO.info({"version": __version__, "python": platform.python_version(),
                                  "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
         if hasattr(self.gate, "start"):
@@ -161,8 +162,10 @@ class App:
                 self._export_policy_info()
 
     async def _probe_loop(self) -> None:
+        # probe often enough that a healthy upstream is never older than ready_grace
+        interval = max(0.5, min(10.0, self.config.upstream.ready_grace / 3))
         while True:
-            await asyncio.sleep(10.0)
+            await asyncio.sleep(interval)
             if await self.upstream.probe():
                 self.upstream_ok_at = time.monotonic()
 

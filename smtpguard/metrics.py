@@ -21,8 +21,8 @@ BUILD_INFO = Info("smtpguard_build", "Version and runtime of this smtpguard proc
 CONNECTIONS_ACTIVE = Gauge("smtpguard_connections_active", "Open client SMTP sessions", ["listener"])
 CONNECTIONS = Counter(
     "smtpguard_connections",
-    "Client connections by how they ended (ok, refused_global_cap, refused_ip_cap, proxy_refused, "
-    "early_talker, timeout, dropped, shutdown, error, policy_disconnect, bad_commands)",
+    "Client connections by how they ended (ok, refused_global_cap, refused_ip_cap, proxy_refused, timeout, "
+    "dropped, shutdown, error, tls_error, policy_disconnect, bad_commands, pipelining)",
     ["listener", "result"],
 )
 COMMANDS = Counter(
@@ -99,6 +99,34 @@ UPSTREAM_UP = Gauge("smtpguard_upstream_up", "1 when the last upstream contact o
 # lifecycle
 LISTENERS_UP = Gauge("smtpguard_listeners_up", "Listeners accepting connections", ["listener"])
 SHUTTING_DOWN = Gauge("smtpguard_shutting_down", "1 while draining after SIGTERM")
+
+
+# documented label values, exported as 0 from the start so that rate()/increase() see the
+# first event of a process (a series that appears at 1 has no increase)
+CONNECTION_RESULTS = ("ok", "refused_global_cap", "refused_ip_cap", "proxy_refused", "timeout", "dropped",
+                      "shutdown", "error", "tls_error", "policy_disconnect", "bad_commands", "pipelining")
+MESSAGE_OUTCOMES = ("delivered", "rejected", "tempfailed", "upstream_rejected", "upstream_tempfailed",
+                    "upstream_error", "aborted", "too_big", "bad_data")
+VIOLATION_KINDS = ("bare_lf", "bare_cr", "nul", "early_talker", "pipelining", "line_too_long", "bad_syntax",
+                   "unknown_command", "data_before_354")
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "disconnected", "tls", "protocol")
+
+
+def initialise(listeners: list[str]) -> None:
+    """Create every documented labelled series at 0 (call once at start-up)."""
+    for listener in listeners:
+        CONNECTIONS_ACTIVE.labels(listener)
+        for result in CONNECTION_RESULTS:
+            CONNECTIONS.labels(listener, result)
+        for outcome in MESSAGE_OUTCOMES:
+            MESSAGES.labels(listener, outcome)
+        for kind in VIOLATION_KINDS:
+            PROTOCOL_VIOLATIONS.labels(listener, kind)
+        MESSAGE_SIZE.labels(listener)
+    for kind in UPSTREAM_ERROR_KINDS:
+        UPSTREAM_ERRORS.labels(kind)
+    for result in ("ok", "error"):
+        POLICY_RELOADS.labels(result)
 
 
 def reply_class(code: int) -> str:
