@@ -7,6 +7,11 @@ Starts one ``smtp-sink -c``, then (all on 127.0.0.1, free ports):
   * direct     -- smtp-source straight into the sink (the box's limit),
   * baseline   -- ``../shared/bench/baseline_proxy.py --mode live`` in front of the sink,
   * smtpguard  -- ``python -m smtpguard serve`` with an empty policy dir (see smtpguard_argv()),
+and, when asked for with --targets, smtpguard with more policy (the same run, same sink):
+  * sg-default -- the embedded default policy (22 rules, SPF/DNSBL/iprev/greylist in shadow),
+  * sg-auth    -- SPF, DKIM and DMARC rules enforced (SPF passes, DMARC passes by SPF alignment),
+  * sg-limits  -- per-IP connection rate and concurrency limits (memory store, never exceeded),
+  the DNS ones answered by a local nsd serving bench.test and 127.0.0.1's PTR,
 and measures each at concurrency 1, 10 and 50 (rounds interleaved across targets so drift hits all
 alike). Prints msgs/s (median, min-max), ratios to direct and to baseline, and proxy CPU ms per
 message; flags ~40 ms per-message stalls (Nagle + delayed ACK) at concurrency 1 (< 25 msgs/s).
@@ -28,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import BenchError, Result, Target, format_table, run_once
-from realservers import Daemon, ServerError, SmtpSink, free_port, smtp_ready
+from realservers import NSD, Daemon, ServerError, SmtpSink, free_port, smtp_ready
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / ".." / "shared" / "bench" / "baseline_proxy.py"
@@ -46,15 +51,62 @@ listeners:
 """
 
 
-def smtpguard_argv(listen_port: int, sink_port: int, policy_dir: Path, metrics_port: int,
-                   config: Path) -> list[str]:
+def smtpguard_argv(listen_port: int, sink_port: int, policy_dir: Path | None, metrics_port: int,
+                   config: Path, dns: str | None = None) -> list[str]:
     """The smtpguard command line under test: adjust HERE when the CLI changes."""
     return [sys.executable, "-m", "smtpguard", "serve",
             "--config", str(config),
             "--listen", f"127.0.0.1:{listen_port}",
             "--upstream", f"smtp://127.0.0.1:{sink_port}",
-            "--policy", str(policy_dir),
+            *(["--policy", str(policy_dir)] if policy_dir is not None else []),
+            *(["--dns", dns] if dns else []),
             "--metrics", f"127.0.0.1:{metrics_port}"]
+
+
+BENCH_ZONES = {
+    "bench.test": """$ORIGIN bench.test.
+$TTL 3600
+@       IN SOA ns1.bench.test. hostmaster.bench.test. ( 1 3600 600 86400 3600 )
+@       IN NS  ns1.bench.test.
+ns1     IN A   127.0.0.1
+mx      IN A   127.0.0.1
+@       IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+_dmarc  IN TXT "v=DMARC1; p=reject"
+""",
+    "0.0.127.in-addr.arpa": """$ORIGIN 0.0.127.in-addr.arpa.
+$TTL 3600
+@       IN SOA ns1.bench.test. hostmaster.bench.test. ( 1 3600 600 86400 3600 )
+@       IN NS  ns1.bench.test.
+1       IN PTR mx.bench.test.
+""",
+}
+VARIANT_POLICIES = {
+    "smtpguard": "",
+    "sg-auth": """
+rules:
+  - {name: spf-fail, stage: mail, if: {outcome: spf.fail}, action: reject, reply: "550 5.7.23 SPF failed"}
+  - {name: spf-temperror, stage: mail, if: {outcome: spf.temperror}, action: tempfail,
+     reply: "451 4.7.24 SPF error"}
+  - {name: dkim-fail, stage: data, if: {outcome: dkim.fail}, action: score, points: 3}
+  - {name: dmarc-reject, stage: data, if: {outcome: dmarc.fail_reject}, action: reject,
+     reply: "550 5.7.1 DMARC"}
+""",
+    "sg-limits": """
+checks:
+  ratelimit:
+    limits:
+      per_ip_conn: {count: connections, key: [client_ip], rate: 100000/m, burst: 100000}
+  concurrency:
+    limits:
+      per_ip: {key: [client_ip], limit: 1000}
+rules:
+  - {name: conn-rate, stage: connect, if: {outcome: ratelimit.per_ip_conn.exceeded}, action: tempfail,
+     reply: "421 4.7.0 slow down"}
+  - {name: conn-concurrency, stage: connect, if: {outcome: concurrency.per_ip.exceeded}, action: tempfail,
+     reply: "421 4.7.0 too many"}
+""",
+}
+SMTPGUARD_TARGETS = ("smtpguard", "sg-default", "sg-auth", "sg-limits")
 
 
 def baseline_argv(listen_port: int, sink_port: int) -> list[str]:
@@ -79,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the per-run message counts")
     ap.add_argument("--concurrency", type=int, nargs="+", default=sorted(DEFAULT_COUNTS))
     ap.add_argument("--targets", nargs="+", default=["direct", "baseline", "smtpguard"],
-                    choices=["direct", "baseline", "smtpguard"])
+                    choices=["direct", "baseline", *SMTPGUARD_TARGETS])
     ap.add_argument("--warmup", type=int, default=50, help="unrecorded messages per proxy first")
     ap.add_argument("--sink-xclient", action="store_true",
                     help="let smtp-sink offer XCLIENT (it answers XCLIENT with 250, not 220; "
@@ -97,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     daemons: list[Daemon] = []
     errors: dict[str, str] = {}
     targets: list[Target] = []
+    nsd: NSD | None = None
     sink = SmtpSink.start(workdir / "sink", extra_args=() if args.sink_xclient else ("-C",))
     try:
         if "direct" in args.targets:
@@ -109,19 +162,28 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(Target("baseline", port, d.pid))
             except ServerError as exc:
                 errors["baseline"] = str(exc)
-        if "smtpguard" in args.targets:
-            port, policy = free_port(), workdir / "policy-empty"
-            policy.mkdir()
-            config = workdir / "smtpguard-bench.yaml"
-            config.write_text(SMTPGUARD_BENCH_CONFIG)
+        if {"sg-default", "sg-auth"} & set(args.targets):
+            nsd = NSD.start(workdir / "nsd", BENCH_ZONES)
+        config = workdir / "smtpguard-bench.yaml"
+        config.write_text(SMTPGUARD_BENCH_CONFIG)
+        for name in SMTPGUARD_TARGETS:
+            if name not in args.targets:
+                continue
+            port = free_port()
+            policy: Path | None = None
+            if name in VARIANT_POLICIES:
+                policy = workdir / f"policy-{name}"
+                policy.mkdir()
+                if VARIANT_POLICIES[name]:
+                    (policy / "bench.yaml").write_text(VARIANT_POLICIES[name])
+            dns = f"127.0.0.1:{nsd.port}" if nsd is not None and name in ("sg-default", "sg-auth") else None
             try:
-                d = start_proxy("smtpguard",
-                                smtpguard_argv(port, sink.port, policy, free_port(), config),
+                d = start_proxy(name, smtpguard_argv(port, sink.port, policy, free_port(), config, dns),
                                 port, workdir)
                 daemons.append(d)
-                targets.append(Target("smtpguard", port, d.pid))
+                targets.append(Target(name, port, d.pid))
             except ServerError as exc:
-                errors["smtpguard"] = str(exc)
+                errors[name] = str(exc)
 
         for t in list(targets):
             if t.pid is not None and args.warmup:
@@ -143,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     results[(t.name, c)].runs.append(run)
                     cpu = run.cpu_ms_per_msg
-                    print(f"round {rnd + 1} {t.name:9} c={c:<3} {run.msgs_per_s:8.1f} msgs/s"
+                    print(f"round {rnd + 1} {t.name:10} c={c:<3} {run.msgs_per_s:8.1f} msgs/s"
                           + (f"  {cpu:.2f} ms CPU/msg" if cpu is not None else ""), flush=True)
     finally:
         for d in daemons:
             d.stop()
         sink.stop()
+        if nsd is not None:
+            nsd.stop()
 
     done = {k: r for k, r in results.items() if r.runs}
     rows = []
@@ -166,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, ("target", "conc", "msgs/s", "min-max", "x direct", "x baseline",
                               "CPU ms/msg", "runs")))
     print()
-    for name in ("baseline", "smtpguard"):
+    for name in ("baseline", *SMTPGUARD_TARGETS):
         r1 = done.get((name, 1))
         if r1 is not None:
             stalled = r1.msgs_per_s < STALL_THRESHOLD

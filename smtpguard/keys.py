@@ -38,8 +38,13 @@ def mask_address(address: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """`192.0.2.77`, 24 -> `192.0.2.0/24`; IPv4-mapped IPv6 is treated as IPv4."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    prefix = ipv4_prefix if address.version == 4 else ipv6_prefix
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    if address.version == 4:
+        prefix, bits = ipv4_prefix, 32
+    else:
+        prefix, bits = ipv6_prefix, 128
+    masked = int(address) & (((1 << prefix) - 1) << (bits - prefix))  # cheaper than ip_network()
+    network = ipaddress.IPv4Address(masked) if bits == 32 else ipaddress.IPv6Address(masked)
+    return f"{network}/{prefix}"
 
 
 def fact_value(fact: str, session: Session, transaction: Transaction | None, *, ipv4_prefix: int = 32,
@@ -48,7 +53,10 @@ def fact_value(fact: str, session: Session, transaction: Transaction | None, *, 
     tx = transaction
     value: str | None
     if fact == "client_ip":
-        value = mask_address(session.client_ip, 32, 128).split("/", 1)[0]
+        address = session.client_ip
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        value = str(address)
     elif fact == "client_net":
         value = mask_address(session.client_ip, ipv4_prefix, ipv6_prefix)
     elif fact == "listener":
