@@ -73,6 +73,14 @@ mx      IN A   127.0.0.1
 @       IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
 _dmarc  IN TXT "v=DMARC1; p=reject"
 """,
+    # the default policy asks Spamhaus ZEN (in shadow): serve a local copy listing only the
+    # RFC 5782 test point, so its health probe passes and lookups get cacheable NXDOMAINs
+    "zen.spamhaus.org": """$ORIGIN zen.spamhaus.org.
+$TTL 3600
+@          IN SOA ns1.bench.test. hostmaster.bench.test. ( 1 3600 600 86400 3600 )
+@          IN NS  ns1.bench.test.
+2.0.0.127  IN A   127.0.0.2
+""",
     "0.0.127.in-addr.arpa": """$ORIGIN 0.0.127.in-addr.arpa.
 $TTL 3600
 @       IN SOA ns1.bench.test. hostmaster.bench.test. ( 1 3600 600 86400 3600 )

@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -146,6 +147,8 @@ class DNSList:
                 weight=opts.weight if opts.weight is not None else default_weight, secret=secret)
             metrics.DNSBL_ZONE_HEALTHY.labels(self._label(name)).set(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_failure_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     def _label(self, name: str) -> str:
         return f"{self.check}/{name}"
@@ -210,8 +213,18 @@ class DNSList:
         return zone.weight
 
     def _log_failure(self, zone: _Zone, exc: BaseException, what: str = "A") -> None:
+        # at most one line per zone and minute: a DNS outage must not flood the log (the
+        # outcome `<check>.error` and the DNS metrics count every failure)
+        now = time.monotonic()
+        last = self._last_failure_log.get(zone.name)
+        if last is not None and now - last < 60.0:
+            self._suppressed[zone.name] = self._suppressed.get(zone.name, 0) + 1
+            return
+        self._last_failure_log[zone.name] = now
         kind = "DNS failure" if isinstance(exc, DNSError | TimeoutError) else "unexpected error"
-        log.warning("%s: zone %s %s lookup: %s (%s)", self.check, zone.name, what, kind, type(exc).__name__)
+        more = self._suppressed.pop(zone.name, 0)
+        log.warning("%s: zone %s %s lookup: %s (%s)%s", self.check, zone.name, what, kind, type(exc).__name__,
+                    f"; {more} more failures in the last minute" if more else "")
 
     # -- health probes -------------------------------------------------------------------------
 

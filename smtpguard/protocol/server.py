@@ -884,7 +884,7 @@ class GuardSMTP(SMTP):
                 "size": txn.message.size if txn.message else None, "outcome": outcome,
                 "reply": str(reply) if reply else None, "upstream": self._upstream_replies,
                 "stages": self._stage_records,
-                "policy": getattr(txn.policy, "version", None),
+                "policy": next((r["policy"] for r in self._stage_records if r.get("policy")), None),
             }})
         self._stage_records = []
         self._upstream_replies = []
