@@ -473,3 +473,27 @@ def test_dsn_and_smtputf8_parameters_reach_postfix(guard: Smtpguard, postfix: Po
     assert raw.reply()[0] == 250
     raw.close()
     assert "jürgen@client.test".encode() in postfix.wait_message("bob", subject.encode())
+
+
+def test_starttls_to_the_upstream(tmp_workdir: Path, cert: tuple[Path, Path]) -> None:
+    tls_postfix = Postfix.start(tmp_workdir / f"pf-tls-{unique()}", main_cf_extra={
+        "smtpd_tls_cert_file": str(cert[0]), "smtpd_tls_key_file": str(cert[1]),
+        "smtpd_tls_security_level": "may", "smtpd_tls_received_header": "yes"})
+    plain_postfix = Postfix.start(tmp_workdir / f"pf-plain-{unique()}")
+    try:
+        with Smtpguard.start(tmp_workdir / f"sg-uptls-{unique()}", upstream=f"smtp://127.0.0.1:{tls_postfix.port}",
+                             no_policy=True, config={"upstream": {"starttls": "required"}}) as sg:
+            subject = unique()
+            with smtplib.SMTP("127.0.0.1", sg.port, local_hostname="client.test") as client:
+                client.sendmail("s@client.test", ["alice@example.test"], f"Subject: {subject}\r\n\r\ntls\r\n")
+            delivered = tls_postfix.wait_message("alice", subject.encode())
+            assert b"with ESMTPS" in delivered and b"TLSv1." in delivered  # the hop to the MTA was encrypted
+        with Smtpguard.start(tmp_workdir / f"sg-uptls2-{unique()}", upstream=f"smtp://127.0.0.1:{plain_postfix.port}",
+                             no_policy=True, config={"upstream": {"starttls": "required"}}) as sg:
+            raw = open_session(sg.port)
+            code, text = raw.cmd("MAIL FROM:<s@client.test>")
+            assert code == 451 and "4.4.1" in text  # required TLS is not offered: never in clear
+            raw.close()
+    finally:
+        tls_postfix.stop()
+        plain_postfix.stop()
