@@ -50,7 +50,13 @@ class ReplyError(SmtpguardError):
 
 
 class UpstreamError(SmtpguardError):
-    """The upstream MTA could not be reached or dropped the session."""
+    """The upstream MTA could not be reached or dropped the session.
+
+    `kind` is the metric label: connect, timeout, disconnected, tls or protocol."""
+
+    def __init__(self, message: str, kind: str = "disconnected") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DNSError(SmtpguardError):

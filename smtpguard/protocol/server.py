@@ -465,16 +465,17 @@ class GuardSMTP(SMTP):
             return _with_reply(verdict, verdict.reply.with_suffix(f"[txn {self.txn.id}]"))
         return verdict
 
-    async def _policy_refusal(self, stage: Stage) -> bool:
-        """Evaluate `stage`; if policy refuses, answer and return True."""
+    async def _policy_refusal(self, stage: Stage) -> Reply | None:
+        """Evaluate `stage`; if policy refuses, answer and return the reply given."""
         verdict = await self._evaluate(stage)
         if verdict.refuses and verdict.reply is not None:
             await self._reply(verdict.reply)
             if verdict.disconnect or verdict.reply.code == 421:
+                self._finish_transaction("rejected" if verdict.reply.is_permanent else "tempfailed", verdict.reply)
                 self._close("policy_disconnect")
                 raise _Closing
-            return True
-        return False
+            return verdict.reply
+        return None
 
     # ----------------------------------------------------------------- commands
     async def smtp_HELO(self, arg: str | None) -> None:
@@ -490,7 +491,7 @@ class GuardSMTP(SMTP):
             return
         await self._abort_transaction()
         self.facts.helo, self.facts.esmtp = arg, esmtp
-        if await self._policy_refusal(Stage.HELO):
+        if await self._policy_refusal(Stage.HELO) is not None:
             self.facts.helo = None
             return
         if self.upstream is not None:  # the identity given to the upstream changed
@@ -543,8 +544,9 @@ class GuardSMTP(SMTP):
         self._stage_records = []
         self._upstream_replies = []
         self._smtputf8 = "SMTPUTF8" in path.params
-        if await self._policy_refusal(Stage.MAIL):
-            self._finish_transaction("rejected", None)
+        refusal = await self._policy_refusal(Stage.MAIL)
+        if refusal is not None:
+            self._finish_transaction("rejected" if refusal.is_permanent else "tempfailed", refusal)
             return
         if self.upstream is None or not self.upstream.usable:
             try:
@@ -603,7 +605,7 @@ class GuardSMTP(SMTP):
             return
         txn.recipient, txn.rcpt_params = path.address, dict(path.params)
         try:
-            if await self._policy_refusal(Stage.RCPT):
+            if await self._policy_refusal(Stage.RCPT) is not None:
                 txn.failed_recipients += 1
                 await self.proxy.gate.observe("recipient_refused", self.facts, txn)
                 return
@@ -718,9 +720,10 @@ class GuardSMTP(SMTP):
             return
         content = framer.content()
         txn.message = Message(raw=content, headers=parse_headers(content))
-        if await self._policy_refusal(Stage.DATA):
+        refusal = await self._policy_refusal(Stage.DATA)
+        if refusal is not None:
             await self._abort_upstream_transaction()
-            self._finish_transaction("rejected", None)
+            self._finish_transaction("rejected" if refusal.is_permanent else "tempfailed", refusal)
             return
         content = await self._final_content(txn, content)
         if self.upstream is None:

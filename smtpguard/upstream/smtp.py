@@ -110,6 +110,7 @@ class SMTPUpstreamSession:
         self._identity: ClientIdentity | None = None
         self._xforward_attrs: set[str] = set()
         self._broken = False
+        self._in_tls_handshake = False
 
     @property
     def usable(self) -> bool:
@@ -122,11 +123,13 @@ class SMTPUpstreamSession:
             ehlo = await self._ehlo()
             if self.cfg.starttls != "off":
                 if "STARTTLS" in self.extensions:
+                    self._in_tls_handshake = True
                     await self.client.starttls(tls_context=self.upstream._tls_ctx,
                                                server_hostname=self.upstream.host)
+                    self._in_tls_handshake = False
                     ehlo = await self._ehlo()
                 elif self.cfg.starttls == "required":
-                    raise UpstreamError("upstream does not offer STARTTLS and starttls is required")
+                    raise UpstreamError("upstream does not offer STARTTLS and starttls is required", "tls")
             if self.cfg.xclient == "auto" and "XCLIENT" in self.extensions:
                 await self._xclient(identity, _ext_args(ehlo, "XCLIENT"))
                 # the EHLO after XCLIENT sets the HELO name the upstream records: use the client's
@@ -134,21 +137,29 @@ class SMTPUpstreamSession:
                 await self._ehlo(helo if helo and helo.isascii() and helo.isprintable() else None)
             elif self.cfg.xforward == "auto" and "XFORWARD" in self.extensions:
                 self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
-        except UpstreamError:
+        except UpstreamError as exc:
             self._abort()
+            metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
             raise
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "connect"
+            if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+                kind = "timeout"
+            elif isinstance(exc, ssl.SSLError) or self._in_tls_handshake:
+                kind = "tls"
+            elif isinstance(exc, aiosmtplib.SMTPResponseException):
+                kind = "protocol"  # e.g. a 554 greeting or EHLO refused
+            else:
+                kind = "connect"
             metrics.UPSTREAM_ERRORS.labels(kind).inc()
-            raise UpstreamError(f"cannot open upstream session: {type(exc).__name__}: {exc}") from None
+            raise UpstreamError(f"cannot open upstream session: {type(exc).__name__}: {exc}", kind) from None
         # timeouts for the transaction itself
         self.client.timeout = self.cfg.command_timeout
 
     async def _ehlo(self, name: str | None = None) -> str:
         response = await self.client.ehlo(hostname=name) if name else await self.client.ehlo()
         if response.code != 250:
-            raise UpstreamError(f"upstream refused EHLO: {response.code} {response.message}")
+            raise UpstreamError(f"upstream refused EHLO: {response.code} {response.message}", "protocol")
         self.extensions = _extensions(response.message)
         return response.message
 
@@ -167,7 +178,7 @@ class SMTPUpstreamSession:
                 for k, v in values.items() if not allowed or k in allowed]
         response = await self.client.execute_command(b"XCLIENT", *args)
         if response.code not in (220, 250):  # Postfix answers 220 (a new greeting), smtp-sink 250
-            raise UpstreamError(f"upstream refused XCLIENT: {response.code} {response.message}")
+            raise UpstreamError(f"upstream refused XCLIENT: {response.code} {response.message}", "protocol")
 
     async def _xforward(self) -> None:
         identity = self._identity
@@ -181,7 +192,9 @@ class SMTPUpstreamSession:
         if args:
             response = await self._execute("XFORWARD", *args)
             if response.code != 250:
-                raise UpstreamError(f"upstream refused XFORWARD: {response.code}")
+                self._abort()
+                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+                raise UpstreamError(f"upstream refused XFORWARD: {response.code}", "protocol")
 
     async def _execute(self, verb: str, *args: bytes, timeout: float | None = None) -> aiosmtplib.SMTPResponse:
         if self._broken:
