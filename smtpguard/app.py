@@ -140,6 +140,9 @@ class App:
                  getattr(self.gate, "rule_count", 0))
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._tasks.append(asyncio.create_task(self._reload_loop()))
+        if "." not in self.config.hostname:
+            log.warning("hostname %r is not a fully-qualified domain name; the banner, EHLO and "
+                        "Authentication-Results use it: set `hostname:` in the config", self.config.hostname)
         if self.config.policy.dir is not None and self.config.policy.watch and hasattr(self.gate, "watch"):
             self._tasks.append(asyncio.create_task(self.gate.watch(self.stop_event)))
         for sig, handler in ((signal.SIGTERM, self.stop_event.set), (signal.SIGINT, self.stop_event.set),
@@ -178,7 +181,9 @@ class App:
         if getattr(self.gate, "rule_count", None) is None:
             problems.append("no policy loaded")
         grace = self.config.upstream.ready_grace
-        if self.upstream_ok_at is None or time.monotonic() - self.upstream_ok_at > grace:
+        if self.upstream_ok_at is None:
+            problems.append(f"upstream {self.upstream.description} not reachable yet (no successful probe)")
+        elif time.monotonic() - self.upstream_ok_at > grace:
             problems.append(f"upstream {self.upstream.description} unreachable for more than {grace:g}s")
         return problems
 

@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-policy", action="store_true", help="run with no rules at all (benchmarks)")
 
     check = sub.add_parser("check", help="validate the config and policy files")
-    check.add_argument("--config", type=Path)
-    check.add_argument("--policy", metavar="DIR")
+    check.add_argument("--config", type=Path, help="YAML config file (env SMTPGUARD_CONFIG)")
+    check.add_argument("--policy", metavar="DIR", help="policy directory (default: from the config, else embedded)")
 
     sub.add_parser("version", help="print the version")
     _add_policy_tools(sub)
@@ -125,12 +125,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return 1
-    except OSError as exc:
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            log.error("cannot listen: %s", exc.strerror)
-            print(f"smtpguard: cannot listen: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except OSError as exc:  # a port in use, a certificate that does not load, a directory we cannot write
+        what = "cannot listen" if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL) \
+            else "cannot start"
+        log.error("%s: %s", what, exc)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0

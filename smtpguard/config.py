@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from smtpguard.yamlfile import load_yaml, locate
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 DEFAULT_LISTEN = "127.0.0.1:2525"
 DEFAULT_UPSTREAM = "maildir:./smtpguard-mail"
@@ -61,8 +63,12 @@ class TLSConfig(_Model):
 
     @model_validator(mode="after")
     def _cert_needed(self) -> TLSConfig:
-        if self.mode != "none" and (self.cert is None or self.key is None):
-            raise ValueError(f"tls mode {self.mode!r} needs both 'cert' and 'key'")
+        if self.mode != "none":
+            if self.cert is None or self.key is None:
+                raise ValueError(f"tls mode {self.mode!r} needs both 'cert' and 'key'")
+            for path in (self.cert, self.key):
+                if not os.access(path, os.R_OK):
+                    raise ValueError(f"cannot read {path} (missing or not readable)")
         return self
 
 
@@ -84,15 +90,22 @@ class Limits(_Model):
 
     max_connections: int = Field(1000, ge=1)  # open sessions on this listener (421 4.7.0 beyond)
     max_connections_per_ip: int = Field(20, ge=1)
-    max_message_size: Size = 25_000_000  # SIZE advertised; 552 5.3.4 beyond
+    max_message_size: Annotated[int, BeforeValidator(parse_size), Field(ge=1024)] = 25_000_000  # SIZE; 552 5.3.4
     max_line_length: int = Field(998, ge=78, le=1_000_000)  # message lines, CRLF excluded (RFC 5322)
     max_command_length: int = Field(2048, ge=512, le=65536)  # command lines incl. ESMTP parameters
     max_recipients: int = Field(100, ge=1)  # 452 4.5.3 beyond
     bad_command_budget: int = Field(10, ge=1)  # unknown/bad commands before 421 and close
-    idle_timeout: Duration = 300.0  # per command (RFC 5321 4.5.3.2.7)
-    data_timeout: Duration = 600.0  # the whole DATA upload
+    idle_timeout: PositiveDuration = 300.0  # per command (RFC 5321 4.5.3.2.7)
+    data_timeout: PositiveDuration = 600.0  # the whole DATA upload
     greeting_delay: Duration = 0.0  # >0: early-talker detection window before the banner
     greeting_delay_skip: list[str] = Field(default_factory=list)  # networks that get the banner at once
+
+    @field_validator("greeting_delay_skip")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
 
 
 class ListenerConfig(_Model):
@@ -121,6 +134,14 @@ class ListenerConfig(_Model):
         for item in value:
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @model_validator(mode="after")
+    def _proxy_and_implicit_tls(self) -> ListenerConfig:
+        if self.proxy_protocol.enabled and self.tls.mode == "implicit":
+            raise ValueError("the PROXY protocol cannot be combined with implicit TLS on one listener "
+                             "(TLS would start before the PROXY header); use starttls, or terminate TLS "
+                             "on the load balancer")
+        return self
 
 
 class UpstreamConfig(_Model):
@@ -154,7 +175,15 @@ class PolicyConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    listen: str | None = DEFAULT_METRICS
+    listen: str | None = DEFAULT_METRICS  # HOST:PORT, or null / "off" to disable
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("off", "none", ""):
+            return None
+        split_hostport(value)
+        return value
 
 
 class DNSConfig(_Model):
@@ -194,9 +223,17 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
     max_connections: int = Field(5000, ge=1)  # all listeners together
-    data_memory_budget: Size = 512_000_000  # message bytes held in memory across sessions
+    # message bytes held in memory across sessions (at least one 1 MB message)
+    data_memory_budget: Annotated[int, BeforeValidator(parse_size), Field(ge=1_000_000)] = 512_000_000
     shutdown_grace: Duration = 30.0
     authserv_id: str | None = None  # Authentication-Results id (default: hostname)
+
+    @field_validator("hostname", "authserv_id")
+    @classmethod
+    def _hostname(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
+            raise ValueError(f"{value!r} is not a hostname (letters, digits, dots and hyphens)")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -254,7 +291,8 @@ def load_config(
             line = locate(lines, loc) if path is not None else None
             msg = err["msg"].removeprefix("Value error, ")
             msg = f"unknown setting {where!r}" if err["type"] == "extra_forbidden" else f"{where}: {msg}"
-            problems.append(Problem(filename if path is not None else "<flags>", line, msg))
+            problems.append(Problem(filename if path is not None else "<command line or SMTPGUARD_* environment>",
+                                    line, msg))
         raise ConfigError(problems) from None
 
 

@@ -39,8 +39,10 @@ from smtpguard.stage import Scope, Stage
 
 DEFAULT_DYNAMIC = (
     r"\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}",  # an embedded IPv4 address: 192-0-2-1.isp.example
+    # access-network words, only where they look generated (followed by a digit or a separator
+    # and more labels); "client", "user", "res" alone name too many real mail servers
     r"(^|[.-])(dyn|dynamic|dhcp|dialup|dial-up|ppp|pppoe|pool|dsl|adsl|xdsl|vdsl|cable|cpe|broadband|"
-    r"customer|cust|client|res|residential|user|host\d)([.-]|\d|$)",
+    r"residential)([.-]|\d)",
 )
 
 

@@ -45,7 +45,7 @@ class Path:
     utf8: bool  # the address contains non-ASCII
 
 
-def parse_mail(arg: str | None, *, smtputf8_offered: bool, max_size: int) -> Path:
+def parse_mail(arg: str | None, *, smtputf8_offered: bool, max_size: int, dsn_offered: bool = True) -> Path:
     path = _parse(arg, "FROM:", SYNTAX_MAIL, allow_null=True)
     params = path.params
     for key, value in params.items():
@@ -60,6 +60,8 @@ def parse_mail(arg: str | None, *, smtputf8_offered: bool, max_size: int) -> Pat
         elif key == "SMTPUTF8":
             if value is not None or not smtputf8_offered:
                 raise EnvelopeError(Reply(555, "5.5.4", "SMTPUTF8 parameter not accepted here"))
+        elif key in ("RET", "ENVID") and not dsn_offered:
+            raise EnvelopeError(Reply(555, "5.5.4", f"{key} parameter not accepted here (no DSN)"))
         elif key == "RET":
             if value is None or value.upper() not in ("FULL", "HDRS"):
                 raise EnvelopeError(Reply(501, "5.5.4", "Bad RET parameter (FULL or HDRS)"))
@@ -73,9 +75,11 @@ def parse_mail(arg: str | None, *, smtputf8_offered: bool, max_size: int) -> Pat
     return path
 
 
-def parse_rcpt(arg: str | None, *, smtputf8: bool) -> Path:
+def parse_rcpt(arg: str | None, *, smtputf8: bool, dsn_offered: bool = True) -> Path:
     path = _parse(arg, "TO:", SYNTAX_RCPT, allow_null=False)
     for key, value in path.params.items():
+        if key in ("NOTIFY", "ORCPT") and not dsn_offered:
+            raise EnvelopeError(Reply(555, "5.5.4", f"{key} parameter not accepted here (no DSN)"))
         if key == "NOTIFY":
             items = (value or "").upper().split(",")
             valid = {"SUCCESS", "FAILURE", "DELAY"}

@@ -7,7 +7,8 @@ LF, or an over-long fragment without one) and decides. Invariants (tests/unit/te
   never do.
 - R2/R3: the stored content is canonical: lines without CR, LF or NUL inside, unstuffed; bare
   LF, bare CR and NUL are recorded as violations (reject mode) or repaired (normalize mode:
-  bare LF ends a line, bare CR becomes a space, NUL is dropped) -- never passed on.
+  bare LF ends a line's content, bare CR becomes a space, NUL is dropped) -- never passed on.
+  Even in normalize mode a line after a bare LF is never a line start: `\n.\r\n` is content.
 - R7: a line longer than the limit is a violation; its fragments are never taken for line starts.
 - Size: bytes beyond `max_size` are counted, not stored.
 `emit(lines)` produces the exact upstream DATA payload: CRLF endings, dot-stuffed after
@@ -26,12 +27,13 @@ class DataFramer:
     max_size: int
     max_line_length: int = 998
     normalize: bool = False
-    lines: list[bytes] = field(default_factory=list)
     size: int = 0  # canonical bytes (content + CRLF per line), counted even past max_size
     violations: set[str] = field(default_factory=set)
     done: bool = False
-    _at_line_start: bool = True
-    _fragment: bytearray | None = None  # an over-long line being skipped
+    _buf: bytearray = field(default_factory=bytearray)  # canonical content: one object, not a list
+    _eod_ok: bool = True  # the previous chunk ended in a real CRLF: a "." line here ends DATA
+    _in_long_line: bool = False  # inside an over-long line (after a fragment without LF)
+    _fragment_cr: bool = False  # that fragment ended in CR (its LF comes alone next)
 
     @property
     def too_big(self) -> bool:
@@ -42,29 +44,36 @@ class DataFramer:
         if self.done:
             raise RuntimeError("DATA already ended")
         if not chunk.endswith(b"\n"):
-            # over-long fragment (reader limit hit): never a line start afterwards
+            # an over-long fragment (reader limit hit): what follows is never a line start
             self.violations.add("line_too_long")
-            self._at_line_start = False
+            self._in_long_line, self._eod_ok = True, False
+            self._fragment_cr = chunk.endswith(b"\r")
             self.size += len(chunk)
             return False
-        if self._at_line_start and chunk == b".\r\n":
+        if self._in_long_line:
+            # the tail of an over-long line: counted, never stored; a CRLF split between the
+            # fragment and this chunk (asyncio cuts right before the LF) still ends the line
+            ends_crlf = chunk.endswith(CRLF) or (chunk == b"\n" and self._fragment_cr)
+            self._in_long_line = self._fragment_cr = False
+            self._eod_ok = ends_crlf
+            if not ends_crlf:
+                self.violations.add("bare_lf")
+            self.size += len(chunk)
+            return False
+        if self._eod_ok and chunk == b".\r\n":
             self.done = True
             return True
-        was_line_start = self._at_line_start
+        line_start = self._eod_ok
         if chunk.endswith(CRLF):
             body = chunk[:-2]
-            self._at_line_start = True
+            self._eod_ok = True
         else:
+            # a bare LF: in normalize mode it ends the line's content, but never makes the next
+            # line a possible terminator (only CRLF . CRLF ends DATA, R1)
             body = chunk[:-1]
-            self._at_line_start = False
+            self._eod_ok = False
             self.violations.add("bare_lf")
-            if self.normalize:
-                self._at_line_start = True  # normalize: a bare LF ends the line
-        if not was_line_start and "line_too_long" in self.violations and not self.normalize:
-            # the tail of an over-long line: counted, never stored, never a line start
-            self.size += len(chunk)
-            return False
-        self._add(body, unstuff=was_line_start or self.normalize)
+        self._add(body, unstuff=line_start)
         return False
 
     def _add(self, body: bytes, unstuff: bool) -> None:
@@ -83,7 +92,8 @@ class DataFramer:
             self.violations.add("line_too_long")
         self.size += len(body) + 2
         if self.size <= self.max_size:
-            self.lines.append(body)
+            self._buf += body
+            self._buf += CRLF
 
     @property
     def rejected_violations(self) -> set[str]:
@@ -92,11 +102,24 @@ class DataFramer:
             return self.violations & {"line_too_long"}
         return set(self.violations)
 
+    @property
+    def lines(self) -> list[bytes]:
+        """The stored content as lines (for tests and `emit`)."""
+        if not self._buf:
+            return []
+        return bytes(self._buf[:-2]).split(CRLF)
+
+    def head(self, n: int) -> bytes:
+        return bytes(self._buf[:n])
+
     def content(self) -> bytes:
         """The canonical, unstuffed message (CRLF line endings)."""
-        if not self.lines:
-            return b""
-        return CRLF.join(self.lines) + CRLF
+        return bytes(self._buf)
+
+    def stop_storing(self) -> None:
+        """Keep reading to the real end of data without holding more bytes (memory budget)."""
+        self.max_size = -1
+        self._buf = bytearray()
 
 
 def emit(lines: list[bytes]) -> bytes:
@@ -129,20 +152,21 @@ def split_header_block(content: bytes) -> tuple[list[bytes], bytes]:
     return lines, b""
 
 
-def parse_headers(content: bytes, limit: int = 1000) -> list[tuple[str, str]]:
-    """(name, unfolded value) pairs of the header block; tolerant of garbage."""
-    raw, _ = split_header_block(content)
-    headers: list[tuple[str, str]] = []
+def parse_headers(content: bytes, limit: int = 1000, max_bytes: int = 256 * 1024) -> list[tuple[str, str]]:
+    """(name, unfolded value) pairs of the header block, for policy; tolerant of garbage and
+    linear in its size: at most `limit` headers and `max_bytes` of header block are read."""
+    raw, _ = split_header_block(content[:max_bytes])
+    headers: list[tuple[str, list[str]]] = []
     for line in raw:
         text = line.decode("utf-8", "replace")
-        if text[:1] in (" ", "\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {text.strip()}")
+        if text[:1] in (" ", "\t"):
+            if headers:
+                headers[-1][1].append(text.strip())
             continue
         name, colon, value = text.partition(":")
         if not colon or not name or " " in name:
             break  # not a header: the body starts here (RFC 5322 tolerant reading)
-        headers.append((name.strip(), value.strip()))
         if len(headers) >= limit:
             break
-    return headers
+        headers.append((name.strip(), [value.strip()]))
+    return [(name, " ".join(parts)) for name, parts in headers]

@@ -42,23 +42,26 @@ def build_header(name: str, value: str) -> bytes:
 
 
 def rewrite(content: bytes, added: list[tuple[str, str]], authserv_id: str) -> bytes:
+    """Prepend `added`, drop Authentication-Results headers that claim `authserv_id`. Linear in
+    the size of the header block. The caller refuses messages whose first line is folded
+    (`starts_with_folded_line`): client bytes must never continue a header we generated."""
     raw_headers, rest = split_header_block(content)
     kept: list[bytes] = []
-    skipping = False
-    for line in raw_headers:
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = False
+    i = 0
+    while i < len(raw_headers):
+        line = raw_headers[i]
+        j = i + 1
+        while j < len(raw_headers) and raw_headers[j][:1] in (b" ", b"\t"):
+            j += 1  # raw_headers[i:j] is one header with its continuation lines
         name, colon, _ = line.partition(b":")
         if colon and name.strip().lower() == b"authentication-results":
-            full = _unfold(raw_headers, line)
-            if _claims_us(full, authserv_id):
-                skipping = True
+            value = b" ".join(part.strip() for part in raw_headers[i:j]).decode("utf-8", "replace")
+            if _claims_us(value.partition(":")[2], authserv_id):
                 log.info("removed a forged Authentication-Results header claiming our authserv-id")
+                i = j
                 continue
-        kept.append(line)
+        kept.extend(raw_headers[i:j])
+        i = j
     out = bytearray()
     for header_name, header_value in added:
         out += build_header(header_name, header_value)
@@ -71,15 +74,9 @@ def rewrite(content: bytes, added: list[tuple[str, str]], authserv_id: str) -> b
     return bytes(out)
 
 
-def _unfold(raw_headers: list[bytes], first: bytes) -> str:
-    index = raw_headers.index(first)
-    parts = [first]
-    for line in raw_headers[index + 1:]:
-        if line[:1] in (b" ", b"\t"):
-            parts.append(line)
-        else:
-            break
-    return b" ".join(p.strip() for p in parts).decode("utf-8", "replace").partition(":")[2]
+def starts_with_folded_line(content: bytes) -> bool:
+    """A message whose first line starts with SP/HT would continue whatever header precedes it."""
+    return content[:1] in (b" ", b"\t")
 
 
 def _claims_us(value: str, authserv_id: str) -> bool:

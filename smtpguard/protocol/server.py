@@ -55,9 +55,10 @@ R_NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
 R_NEED_RCPT = Reply(554, "5.5.1", "Error: no valid recipients")
 R_TOO_MANY_RCPT = Reply(452, "4.5.3", "Error: too many recipients")
 R_UNKNOWN = Reply(500, "5.5.2", "Error: command not recognized")
-R_LINE_TOO_LONG = Reply(500, "5.5.6", "Error: command line too long")
+R_LINE_TOO_LONG = Reply(500, "5.5.2", "Error: command line too long")
 R_BAD_SYNTAX = Reply(500, "5.5.2", "Error: bad syntax")
 R_BARE_LF_CMD = Reply(500, "5.5.2", "Error: bare <LF> in command (use CRLF line endings)")
+R_BARE_CR_CMD = Reply(500, "5.5.2", "Error: bare <CR> in command (use CRLF line endings)")
 R_NUL_CMD = Reply(500, "5.5.2", "Error: NUL or control character in command")
 R_8BIT_CMD = Reply(500, "5.5.2", "Error: non-ASCII command without SMTPUTF8")
 R_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors, closing connection")
@@ -88,6 +89,8 @@ VIOLATION_REPLIES = {
     "nul": Reply(554, "5.6.0", "Error: NUL character in message"),
     "line_too_long": Reply(554, "5.6.0", "Error: message line longer than allowed (RFC 5322 2.1.1)"),
 }
+R_REFUSED_SESSION = Reply(503, "5.5.1", "Error: bad sequence of commands (this session was refused)")
+R_FOLDED_FIRST_LINE = Reply(554, "5.6.0", "Error: message begins with a folded (whitespace) line")
 DEFAULT_COMMAND_REPLIES = {"VRFY": R_VRFY, "EXPN": R_EXPN, "HELP": R_HELP, "ETRN": R_ETRN}
 
 
@@ -115,6 +118,7 @@ class GuardSMTP(SMTP):
         self._counted_ip: str | None = None
         self._refused: Reply | None = None
         self._stage_records: list[dict[str, Any]] = []
+        self._session_records: list[dict[str, Any]] = []  # connect, helo and command stages
         self._upstream_replies: list[str] = []  # what the MTA answered in this transaction
         self._smtputf8 = False
         self._cleanup_task: asyncio.Task[None] | None = None
@@ -250,6 +254,7 @@ class GuardSMTP(SMTP):
         metrics.CONNECTIONS.labels(self.listener.name, self._result).inc()
         if self.txn is not None:
             self._finish_transaction("aborted", None)
+        self._log_session()
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             await upstream.close()
@@ -308,7 +313,7 @@ class GuardSMTP(SMTP):
             if verdict.disconnect or verdict.reply.code == 421:
                 self._close("policy_disconnect")
                 return
-            self._refused = verdict.reply  # RFC 5321 3.1: answer everything but QUIT with it
+            self._refused = verdict.reply  # RFC 5321 3.1: then 503 to everything but QUIT
         else:
             await self._reply(Reply(220, None, f"{self.proxy.hostname} ESMTP"))
         await self._command_loop()
@@ -372,7 +377,7 @@ class GuardSMTP(SMTP):
                 return
             self._reset_timeout()
             if self._refused is not None and verb not in ("QUIT", "NOOP", "RSET"):
-                await self._reply(self._refused)
+                await self._reply(R_REFUSED_SESSION)  # RFC 5321 3.1: 503 to all but QUIT
                 continue
             handler = _HANDLERS.get(verb)
             if handler is None:
@@ -402,7 +407,7 @@ class GuardSMTP(SMTP):
         if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
             kind = "bare_lf" if not raw.endswith(b"\r\n") else "bare_cr"
             self._violation(kind)
-            await self._bad_command(R_BARE_LF_CMD)
+            await self._bad_command(R_BARE_LF_CMD if kind == "bare_lf" else R_BARE_CR_CMD)
             return None
         body = raw[:-2]
         if any(b < 32 and b != 9 for b in body) or b"\x7f" in body:
@@ -458,7 +463,11 @@ class GuardSMTP(SMTP):
         verdict = await self.proxy.gate.evaluate(stage, self.facts, self.txn)
         metrics.POLICY_EVALUATION_SECONDS.labels(stage.value).observe(time.perf_counter() - started)
         if verdict.record:
-            self._stage_records.append({"stage": stage.value, **verdict.record})
+            record = {"stage": stage.value, **verdict.record}
+            if stage in (Stage.MAIL, Stage.RCPT, Stage.DATA):
+                self._stage_records.append(record)
+            elif len(self._session_records) < 50:  # connect, helo, command: the session record
+                self._session_records.append(record)
         if verdict.delay > 0:
             await asyncio.sleep(min(verdict.delay, 60.0))
         if verdict.reply is not None and self.txn is not None and verdict.refuses:
@@ -530,7 +539,7 @@ class GuardSMTP(SMTP):
             return
         try:
             path = parse_mail(arg, smtputf8_offered=self._advertise_smtputf8() and self.facts.esmtp,
-                              max_size=self.limits.max_message_size)
+                              max_size=self.limits.max_message_size, dsn_offered=self._advertise_dsn())
         except EnvelopeError as exc:
             await self._bad_command(exc.reply)
             return
@@ -568,6 +577,9 @@ class GuardSMTP(SMTP):
             await self._upstream_lost()
             return
         self._upstream_replies.append(f"MAIL {reply}")
+        if reply.code == 421:  # the MTA is closing: that is not our session ending
+            await self._upstream_lost()
+            return
         await self._reply(reply)
         if not reply.is_positive:
             self._finish_transaction("upstream_rejected" if reply.is_permanent else "upstream_tempfailed", reply)
@@ -596,11 +608,12 @@ class GuardSMTP(SMTP):
             await self._bad_command(R_NEED_MAIL)
             return
         try:
-            path = parse_rcpt(arg, smtputf8=self._smtputf8)
+            path = parse_rcpt(arg, smtputf8=self._smtputf8, dsn_offered=self._advertise_dsn())
         except EnvelopeError as exc:
             await self._bad_command(exc.reply)
             return
-        if len(txn.recipients) >= self.limits.max_recipients:
+        # attempts count, not only accepted recipients: refused RCPTs must not be free (harvesting)
+        if len(txn.recipients) + txn.failed_recipients >= self.limits.max_recipients:
             await self._reply(R_TOO_MANY_RCPT)
             return
         txn.recipient, txn.rcpt_params = path.address, dict(path.params)
@@ -619,6 +632,9 @@ class GuardSMTP(SMTP):
                 await self._upstream_lost()
                 return
             self._upstream_replies.append(f"RCPT <{path.address}> {reply}")
+            if reply.code == 421:
+                await self._upstream_lost()
+                return
             if reply.is_positive:
                 txn.recipients.append(path.address)
             else:
@@ -664,40 +680,34 @@ class GuardSMTP(SMTP):
         normalize = self.facts.client_ip in self.listener.normalize_networks
         framer = DataFramer(max_size=self.limits.max_message_size, max_line_length=self.limits.max_line_length,
                             normalize=normalize)
-        reserved = 0
-        out_of_memory = False
-        try:
-            async with asyncio.timeout(self.limits.data_timeout):
-                while True:
-                    try:
-                        chunk = await self._reader.readuntil(b"\n")
-                    except asyncio.LimitOverrunError as exc:
-                        chunk = await self._reader.readexactly(exc.consumed)
-                    except asyncio.IncompleteReadError:
-                        self._finish_transaction("aborted", None)
-                        raise _Closing from None
-                    if framer.feed_line(chunk):
-                        break
-                    if not out_of_memory and framer.size > reserved and not framer.too_big:
-                        grow = max(65536, framer.size - reserved)
-                        if self.proxy.reserve_data(grow):
-                            reserved += grow
-                            metrics.DATA_BYTES_IN_FLIGHT.set(self.proxy.data_bytes)
-                        else:
+        budget = _Reservation(self.proxy)
+        try:  # whatever ends this (EOF, reset, timeout, a bug), the reserved bytes go back
+            out_of_memory = False
+            try:
+                async with asyncio.timeout(self.limits.data_timeout):
+                    while True:
+                        try:
+                            chunk = await self._reader.readuntil(b"\n")
+                        except asyncio.LimitOverrunError as exc:
+                            chunk = await self._reader.readexactly(exc.consumed)
+                        except asyncio.IncompleteReadError:
+                            self._finish_transaction("aborted", None)
+                            raise _Closing from None
+                        if framer.feed_line(chunk):
+                            break
+                        if not out_of_memory and framer.size > budget.reserved and not framer.too_big \
+                                and not budget.grow(framer.size):
                             out_of_memory = True
-                            framer.max_size = -1  # stop storing, keep reading to the real end
-        except TimeoutError:
-            self.proxy.release_data(reserved)
-            self._result = "timeout"
-            await self._reply(R_TIMEOUT)
-            self._finish_transaction("aborted", R_TIMEOUT)
-            self._close()
-            raise _Closing from None
-        try:
+                            framer.stop_storing()
+            except TimeoutError:
+                self._result = "timeout"
+                await self._reply(R_TIMEOUT)
+                self._finish_transaction("aborted", R_TIMEOUT)
+                self._close()
+                raise _Closing from None
             await self._after_data(txn, framer, out_of_memory)
         finally:
-            self.proxy.release_data(reserved)
-            metrics.DATA_BYTES_IN_FLIGHT.set(self.proxy.data_bytes)
+            budget.release()
 
     async def _after_data(self, txn: Transaction, framer: DataFramer, out_of_memory: bool) -> None:
         assert self.facts is not None
@@ -712,6 +722,8 @@ class GuardSMTP(SMTP):
             reply, outcome = R_TOO_BIG, "too_big"
         elif framer.rejected_violations:
             reply, outcome = VIOLATION_REPLIES[sorted(framer.rejected_violations)[0]], "bad_data"
+        elif header_edit.starts_with_folded_line(framer.head(1)):
+            reply, outcome = R_FOLDED_FIRST_LINE, "bad_data"
         if reply is not None:
             reply = reply.with_suffix(f"[txn {txn.id}]")
             await self._reply(reply)
@@ -741,6 +753,9 @@ class GuardSMTP(SMTP):
                 await relay
             raise
         self._upstream_replies.append(f"DATA {reply}")
+        if reply.code == 421:
+            await self._upstream_lost()
+            return
         reply = reply.with_suffix(f"[txn {txn.id}]")
         await self._reply(reply)
         if reply.is_positive:
@@ -818,6 +833,9 @@ class GuardSMTP(SMTP):
         assert self.facts is not None
         self.facts.command, self.facts.command_arg = verb, arg
         known = verb in DEFAULT_COMMAND_REPLIES
+        if verb == "VRFY" and not arg:
+            await self._bad_command(Reply(501, "5.5.4", "Syntax: VRFY address"))
+            return
         if not known:
             self.facts.unknown_commands += 1
             self._violation("unknown_command")
@@ -834,10 +852,18 @@ class GuardSMTP(SMTP):
         if verdict.accepted and known and verb != "HELP":
             await self._forward_command(verb, arg)
             return
-        if known:
+        if verb == "HELP":
+            await self._reply(self._help())
+        elif known:
             await self._reply(DEFAULT_COMMAND_REPLIES[verb])
         else:
             await self._bad_command(R_UNKNOWN)
+
+    def _help(self) -> Reply:
+        verbs = ["HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY"]
+        if self.tls_context is not None and self._tls_protocol is None:
+            verbs.append("STARTTLS")
+        return Reply(214, "2.0.0", f"Commands: {' '.join(verbs)} (see RFC 5321)")
 
     async def _forward_command(self, verb: str, arg: str | None) -> None:
         try:
@@ -892,6 +918,21 @@ class GuardSMTP(SMTP):
         self._stage_records = []
         self._upstream_replies = []
 
+    def _log_session(self) -> None:
+        """One record per connection: how it ended and what policy said before any MAIL
+        (connect, HELO and command stages); transactions have their own records."""
+        logger = self.proxy.decision_log
+        if logger is None or self.facts is None:
+            return
+        logger.info("session", extra={"record": {
+            "event": "session", "session": self.facts.id, "listener": self.listener.name,
+            "client_ip": str(self.facts.client_ip), "client_port": self.facts.client_port,
+            "client_name": self.facts.client_name, "proxied": self.facts.proxied, "helo": self.facts.helo,
+            "tls": self.facts.tls.version if self.facts.tls else None, "result": self._result,
+            "transactions": self.facts.transactions, "score": self.facts.score,
+            "refused": str(self._refused) if self._refused else None, "stages": self._session_records,
+        }})
+
     # ----------------------------------------------------------------- shutdown
     def begin_shutdown(self) -> None:
         """SIGTERM: idle sessions get 421 4.3.2 now; a session in DATA finishes first."""
@@ -905,6 +946,27 @@ class GuardSMTP(SMTP):
         if self.transport is not None:
             self._result = "shutdown"
             self.transport.abort()  # type: ignore[attr-defined]
+
+
+class _Reservation:
+    """Message bytes one DATA phase holds against the process-wide memory budget."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.reserved = 0
+
+    def grow(self, size: int) -> bool:
+        step = max(65536, size - self.reserved)
+        if not self.proxy.reserve_data(step):
+            return False
+        self.reserved += step
+        metrics.DATA_BYTES_IN_FLIGHT.set(self.proxy.data_bytes)
+        return True
+
+    def release(self) -> None:
+        self.proxy.release_data(self.reserved)
+        self.reserved = 0
+        metrics.DATA_BYTES_IN_FLIGHT.set(self.proxy.data_bytes)
 
 
 def _buffered(reader: asyncio.StreamReader) -> int:

@@ -86,6 +86,11 @@ class MaildirSession:
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, self.upstream.directory / "new" / name)
+        directory = os.open(self.upstream.directory / "new", os.O_RDONLY)
+        try:  # the rename itself must survive a crash before we say 250
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return name
 
     async def rset(self) -> None:

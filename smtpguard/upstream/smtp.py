@@ -57,6 +57,9 @@ class SMTPUpstream:
         except UpstreamError:
             metrics.UPSTREAM_UP.set(0)
             raise
+        except BaseException:  # cancelled (client gone) mid-connect: never leak the connection
+            session._abort()
+            raise
         metrics.UPSTREAM_UP.set(1)
         metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - started)
         self.known_extensions = session.extensions
@@ -86,6 +89,17 @@ class SMTPUpstream:
             use_tls=False,
             timeout=timeout,
         )
+
+
+_SPECIAL_VALUES = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
+
+
+def _attr(key: str, value: str) -> str:
+    """An XCLIENT/XFORWARD attribute value: xtext, except the protocol's own special values and
+    the address/port/proto values smtpguard formats itself (R8)."""
+    if value in _SPECIAL_VALUES or key in ("ADDR", "PORT", "PROTO"):
+        return value
+    return xtext_encode(value)
 
 
 def _extensions(ehlo_message: str) -> frozenset[str]:
@@ -174,8 +188,7 @@ class SMTPUpstreamSession:
             "HELO": identity.helo or "[UNAVAILABLE]",
             "PROTO": identity.proto,
         }
-        args = [f"{k}={xtext_encode(v) if k in ('NAME', 'HELO') and not v.startswith('[') else v}".encode()
-                for k, v in values.items() if not allowed or k in allowed]
+        args = [f"{k}={_attr(k, v)}".encode() for k, v in values.items() if not allowed or k in allowed]
         response = await self.client.execute_command(b"XCLIENT", *args)
         if response.code not in (220, 250):  # Postfix answers 220 (a new greeting), smtp-sink 250
             raise UpstreamError(f"upstream refused XCLIENT: {response.code} {response.message}", "protocol")
@@ -187,8 +200,7 @@ class SMTPUpstreamSession:
         addr = identity.addr if ":" not in identity.addr else "IPv6:" + identity.addr
         values = {"NAME": identity.name or "[UNAVAILABLE]", "ADDR": addr, "PORT": str(identity.port),
                   "PROTO": identity.proto, "HELO": identity.helo or "[UNAVAILABLE]"}
-        args = [f"{k}={xtext_encode(v) if not v.startswith('[') else v}".encode()
-                for k, v in values.items() if k in self._xforward_attrs]
+        args = [f"{k}={_attr(k, v)}".encode() for k, v in values.items() if k in self._xforward_attrs]
         if args:
             response = await self._execute("XFORWARD", *args)
             if response.code != 250:

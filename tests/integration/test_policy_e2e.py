@@ -82,7 +82,7 @@ def test_early_talker_is_caught_inline(start: Callable[..., Smtpguard]) -> None:
     talker.send(b"EHLO impatient.test\r\n")  # before any banner
     code, text = talker.reply()  # instead of the banner (RFC 5321 3.1)
     assert code == 554 and "before the greeting" in text
-    assert talker.reply()[0] == 554  # its EHLO gets the same answer: the session is refused
+    assert talker.reply()[0] == 503  # its EHLO: bad sequence, the session was refused (RFC 5321 3.1)
     assert talker.cmd("QUIT")[0] == 221
     polite = Raw(sg.port)
     assert polite.reply()[0] == 220  # legitimate clients just wait; nobody is made to reconnect

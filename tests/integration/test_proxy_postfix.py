@@ -497,3 +497,26 @@ def test_starttls_to_the_upstream(tmp_workdir: Path, cert: tuple[Path, Path]) ->
     finally:
         tls_postfix.stop()
         plain_postfix.stop()
+
+
+def test_memory_budget_is_given_back_when_clients_drop_mid_data(postfix: Postfix, tmp_workdir: Path) -> None:
+    with Smtpguard.start(tmp_workdir / f"sg-mem-{unique()}", upstream=f"smtp://127.0.0.1:{postfix.port}",
+                         no_policy=True, config={"data_memory_budget": "1MB"}) as sg:
+        for _ in range(4):  # each drop used to keep its reservation for good
+            raw = open_session(sg.port)
+            raw.cmd("MAIL FROM:<s@client.test>")
+            raw.cmd("RCPT TO:<alice@example.test>")
+            assert raw.cmd("DATA")[0] == 354
+            raw.send(b"Subject: dropped\r\n\r\n" + (b"y" * 76 + b"\r\n") * 4000)  # ~300 KB, no end
+            wait_for(lambda: sg.metric("smtpguard_data_in_flight_bytes") > 0, what="bytes reserved")
+            raw.close()
+            wait_for(lambda: sg.metric("smtpguard_data_in_flight_bytes") == 0, what="reservation released")
+        subject = unique()
+        raw = open_session(sg.port)
+        raw.cmd("MAIL FROM:<s@client.test>")
+        raw.cmd("RCPT TO:<alice@example.test>")
+        raw.cmd("DATA")
+        raw.send(f"Subject: {subject}\r\n\r\n".encode() + (b"z" * 76 + b"\r\n") * 8000 + b".\r\n")
+        code, text = raw.reply()
+        assert code == 250, text  # ~620 KB fits: nothing leaked
+        raw.close()

@@ -136,3 +136,32 @@ def test_real_postfix_never_receives_two_messages(postfix: Postfix, tmp_workdir:
         wait_for(lambda: "removed" in postfix.maillog(), what="queue file removed")
         assert not any(tag.encode() in m for m in postfix.messages("bob"))
         assert not any(b"Subject: SMUGGLED" in m and tag.encode() not in m for m in postfix.messages("bob"))
+
+
+def test_normalize_mode_split_writes_cannot_smuggle(guard: Smtpguard, capture: CaptureUpstream) -> None:
+    """Review finding: with normalize, `<LF>.<CR><LF>` used to end DATA when the smuggled
+    commands arrived in a later write (no 'data before 354' to catch it)."""
+    tag = uuid.uuid4().hex
+    raw = Raw(guard.ports["lenient"])
+    assert raw.reply()[0] == 220
+    raw.cmd("EHLO client.test")
+    raw.cmd("MAIL FROM:<s@client.test>")
+    raw.cmd("RCPT TO:<alice@example.test>")
+    assert raw.cmd("DATA")[0] == 354
+    raw.send(f"Subject: {tag}\r\n\r\nharmless text\n.\r\n".encode())
+    raw.send(b"MAIL FROM:<ceo@victim.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    raw.send(b"From: ceo@victim.test\r\nSubject: smuggled\r\n\r\npay now\r\n.\r\n")
+    code, text = raw.reply()
+    assert code == 250, text  # exactly one reply: one message
+    raw.cmd("QUIT")
+    mine = [m for m in capture.capture.messages if tag.encode() in m]
+    assert len(mine) == 1 and b"ceo@victim.test" in mine[0]
+    assert not any(m.startswith(b"From: ceo@victim.test") for m in capture.capture.messages)
+
+
+def test_message_starting_with_a_folded_line_is_refused(guard: Smtpguard, capture: CaptureUpstream) -> None:
+    tag = uuid.uuid4().hex
+    code, text, raw = _send(guard.port, f" spam; dkim=pass\r\nSubject: {tag}\r\n\r\nx\r\n.\r\n".encode())
+    assert code == 554 and "folded" in text
+    raw.close()
+    assert not any(tag.encode() in m for m in capture.capture.messages)

@@ -44,8 +44,30 @@ def test_yaml_syntax_error(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
-def test_the_commented_example_is_valid() -> None:
-    load_config(EXAMPLE, environ={})
+def test_the_commented_example_is_valid(tmp_path: Path) -> None:
+    # its TLS files must exist to be valid: point them at readable files here
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    example = tmp_path / "example.yaml"
+    example.write_text(EXAMPLE.read_text().replace("/etc/smtpguard/tls/", f"{tmp_path}/"))
+    config = load_config(example, environ={})
+    assert config.listeners[0].tls.mode == "starttls"
+
+
+def test_more_validation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hostname: 'mx\\nevil'\nlisteners:\n  - tls: {mode: starttls, cert: /nonexistent.pem, key: /x}\n"
+                   "    limits: {idle_timeout: 0, greeting_delay_skip: [not-a-net]}\n"
+                   "  - name: two\n    address: 127.0.0.1:2600\n    tls: {mode: implicit, cert: " + str(bad)
+                   + ", key: " + str(bad) + "}\n    proxy_protocol: {enabled: true}\n"
+                   "metrics: {listen: 'off'}\ndata_memory_budget: 10KB\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad, environ={})
+    text = str(info.value)
+    for expected in ("hostname", "cannot read /nonexistent.pem", "idle_timeout", "greeting_delay_skip",
+                     "PROXY protocol cannot be combined with implicit TLS", "data_memory_budget"):
+        assert expected in text, (expected, text)
+    assert "metrics" not in text  # 'off' disables the metrics listener
 
 
 def test_units() -> None:

@@ -87,3 +87,38 @@ def test_emitted_payload_is_always_canonical(parts: list[bytes], normalize: bool
 def test_parse_headers_unfolds() -> None:
     headers = parse_headers(b"Subject: a\r\n b\r\nFrom: x\r\n\r\nbody\r\n")
     assert headers == [("Subject", "a b"), ("From", "x")]
+
+
+async def _frame_with_streamreader(data: bytes, limit: int, normalize: bool = False) -> tuple[DataFramer, bytes]:
+    """Exactly the server's read loop over a real asyncio.StreamReader (fragments as asyncio cuts them)."""
+    import asyncio
+
+    reader = asyncio.StreamReader(limit=limit)
+    reader.feed_data(data)
+    reader.feed_eof()
+    framer = DataFramer(max_size=10_000_000, normalize=normalize)
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            chunk = await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return framer, b""
+        if framer.feed_line(chunk):
+            return framer, await reader.read()
+
+
+async def test_long_line_right_before_the_terminator_still_ends_data() -> None:
+    # asyncio cuts an over-long line right before its LF: the fragment ends in CR, the LF comes
+    # alone; the CRLF . CRLF that follows must still end the message (and say line_too_long)
+    framer, rest = await _frame_with_streamreader(b"Subject: x\r\n\r\n" + b"A" * 3000 + b"\r\n.\r\nQUIT\r\n", 1001)
+    assert framer.done and rest == b"QUIT\r\n"
+    assert "line_too_long" in framer.rejected_violations and "bare_lf" not in framer.violations
+
+
+async def test_normalize_mode_never_ends_data_after_a_bare_lf() -> None:
+    data = b"text\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n"
+    framer, rest = await _frame_with_streamreader(data, 1001, normalize=True)
+    assert framer.done and rest == b""
+    assert framer.content() == b"text\r\n.\r\nMAIL FROM:<evil@x>\r\n"  # one message; the dot is content
+    assert emit(framer.lines) == b"text\r\n..\r\nMAIL FROM:<evil@x>\r\n.\r\n"
