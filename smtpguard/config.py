@@ -15,7 +15,16 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from smtpguard.errors import ConfigError, Problem
 from smtpguard.units import parse_duration, parse_size
@@ -24,6 +33,15 @@ from smtpguard.yamlfile import load_yaml, locate
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    for item in value:
+        ipaddress.ip_network(item, strict=False)
+    return value
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]  # CIDR networks or addresses
 
 DEFAULT_LISTEN = "127.0.0.1:2525"
 DEFAULT_UPSTREAM = "maildir:./smtpguard-mail"
@@ -74,15 +92,8 @@ class TLSConfig(_Model):
 
 class ProxyProtocolConfig(_Model):
     enabled: bool = False
-    trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    trusted_networks: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     timeout: Duration = 5.0
-
-    @field_validator("trusted_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
-        return value
 
 
 class Limits(_Model):
@@ -98,14 +109,7 @@ class Limits(_Model):
     idle_timeout: PositiveDuration = 300.0  # per command (RFC 5321 4.5.3.2.7)
     data_timeout: PositiveDuration = 600.0  # the whole DATA upload
     greeting_delay: Duration = 0.0  # >0: early-talker detection window before the banner
-    greeting_delay_skip: list[str] = Field(default_factory=list)  # networks that get the banner at once
-
-    @field_validator("greeting_delay_skip")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
-        return value
+    greeting_delay_skip: Networks = Field(default_factory=list)  # networks that get the banner at once
 
 
 class ListenerConfig(_Model):
@@ -115,7 +119,7 @@ class ListenerConfig(_Model):
     proxy_protocol: ProxyProtocolConfig = ProxyProtocolConfig()
     limits: Limits = Limits()
     # bare LF / bare CR / NUL in DATA or commands: rejected (5xx) unless the client is here
-    normalize_networks: list[str] = Field(default_factory=list)
+    normalize_networks: Networks = Field(default_factory=list)
     smtputf8: bool = True  # advertised only if the upstream supports it too
     # commands sent ahead when PIPELINING does not allow it: 554 5.5.0 and close (as Postfix 3.9+);
     # false leaves the decision to policy (outcome protocol.pipelining)
@@ -126,13 +130,6 @@ class ListenerConfig(_Model):
     @classmethod
     def _address(cls, value: str) -> str:
         split_hostport(value)
-        return value
-
-    @field_validator("normalize_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
         return value
 
     @model_validator(mode="after")
