@@ -24,6 +24,7 @@ from typing import Any
 from smtpguard import __version__, metrics
 from smtpguard.checks.base import CheckEnv
 from smtpguard.config import Config, ListenerConfig, split_hostport
+from smtpguard.errors import ConfigError, Problem
 from smtpguard.httpd import HealthServer
 from smtpguard.protocol.context import ListenerContext, ProxyContext
 from smtpguard.protocol.server import GuardSMTP
@@ -47,7 +48,11 @@ def build_tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
     ctx.minimum_version = _TLS_VERSIONS[cfg.tls.min_version]
     ctx.verify_mode = ssl.CERT_NONE
     ctx.check_hostname = False
-    ctx.load_cert_chain(str(cfg.tls.cert), str(cfg.tls.key))
+    try:
+        ctx.load_cert_chain(str(cfg.tls.cert), str(cfg.tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(Problem(None, None, f"listener {cfg.name}: cannot load TLS certificate {cfg.tls.cert} "
+                                  f"and key {cfg.tls.key}: {exc.strerror or exc}")) from None
     return ctx
 
 

@@ -94,6 +94,10 @@ def _check(args: argparse.Namespace) -> int:
         config = _load(args)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if config is not None:
+        from smtpguard.config import environment_problems
+
+        problems.extend(environment_problems(config))
     try:
         from smtpguard.policy import cli as policy_cli
     except ImportError:

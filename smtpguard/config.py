@@ -81,12 +81,8 @@ class TLSConfig(_Model):
 
     @model_validator(mode="after")
     def _cert_needed(self) -> TLSConfig:
-        if self.mode != "none":
-            if self.cert is None or self.key is None:
-                raise ValueError(f"tls mode {self.mode!r} needs both 'cert' and 'key'")
-            for path in (self.cert, self.key):
-                if not os.access(path, os.R_OK):
-                    raise ValueError(f"cannot read {path} (missing or not readable)")
+        if self.mode != "none" and (self.cert is None or self.key is None):
+            raise ValueError(f"tls mode {self.mode!r} needs both 'cert' and 'key'")
         return self
 
 
@@ -291,6 +287,20 @@ def load_config(
             problems.append(Problem(filename if path is not None else "<command line or SMTPGUARD_* environment>",
                                     line, msg))
         raise ConfigError(problems) from None
+
+
+def environment_problems(config: Config) -> list[Problem]:
+    """What the config names on this machine that is not there (warnings for `check`, which may
+    run elsewhere than `serve`, e.g. on a rendered Helm config; `serve` refuses to start)."""
+    problems = []
+    for listener in config.listeners:
+        if listener.tls.mode == "none":
+            continue
+        for path in (listener.tls.cert, listener.tls.key):
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(Problem(None, None, f"listener {listener.name}: cannot read {path} "
+                                        "(missing or not readable here)", "warning"))
+    return problems
 
 
 def _apply_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:

@@ -104,6 +104,13 @@ def test_greylisting_defers_then_passes_into_postfix(guards: list[Smtpguard], po
         r.close()
 
 
+def _sessions_done(guard: Smtpguard) -> bool:
+    m = guard.metrics()
+    ended = sum(v for k, v in m.items() if k.startswith("smtpguard_connections_total"))
+    active = sum(v for k, v in m.items() if k.startswith("smtpguard_connections_active"))
+    return ended >= 1 and active == 0
+
+
 def greeting(port: int) -> int:
     with smtplib.SMTP(timeout=20) as client:
         code, _ = client.connect("127.0.0.1", port)
@@ -115,6 +122,8 @@ def greeting(port: int) -> int:
 @pytest.mark.parametrize("guards", [(CONN_LIMIT_POLICY, 2)], indirect=True)
 def test_two_processes_sharing_one_redis_enforce_one_limit(guards: list[Smtpguard], redis_server: Redis) -> None:
     a, b = guards
+    for guard in guards:  # the readiness probe's connection is charged asynchronously: let it finish first
+        wait_for(lambda g=guard: _sessions_done(g), what="the readiness probe's session to end")
     r = redis.Redis.from_url(redis_server.url)
     try:
         r.flushdb()  # forget the connections the readiness probes of both processes made

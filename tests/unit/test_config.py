@@ -64,10 +64,20 @@ def test_more_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(bad, environ={})
     text = str(info.value)
-    for expected in ("hostname", "cannot read /nonexistent.pem", "idle_timeout", "greeting_delay_skip",
+    for expected in ("hostname", "idle_timeout", "greeting_delay_skip",
                      "PROXY protocol cannot be combined with implicit TLS", "data_memory_budget"):
         assert expected in text, (expected, text)
     assert "metrics" not in text  # 'off' disables the metrics listener
+
+
+def test_missing_tls_files_are_named(tmp_path: Path) -> None:
+    from smtpguard.config import environment_problems
+
+    path = tmp_path / "c.yaml"
+    path.write_text("listeners:\n  - tls: {mode: starttls, cert: /nonexistent.pem, key: /nonexistent.key}\n")
+    problems = environment_problems(load_config(path, environ={}))
+    assert [p.severity for p in problems] == ["warning", "warning"]
+    assert "cannot read /nonexistent.pem" in problems[0].render()
 
 
 def test_units() -> None:
