@@ -360,11 +360,11 @@ def test_proxy_protocol_redis_tls_servicemonitor() -> None:
             "trusted_networks": ["10.0.0.0/8", "192.168.0.0/16"],
             "timeout": "5s",
         }
-    assert [lst["tls"]["mode"] for lst in config["listeners"]] == ["starttls", "implicit"]
+    assert [lst["tls"]["mode"] for lst in config["listeners"]] == ["starttls", "starttls"]
     assert config["policy"]["watch"] is True
     smtp_service = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "rel-smtpguard")
     assert smtp_service["spec"]["externalTrafficPolicy"] == "Cluster"
-    assert [p["port"] for p in smtp_service["spec"]["ports"]] == [25, 465]
+    assert [p["port"] for p in smtp_service["spec"]["ports"]] == [25, 2526]
     c = container(docs)
     env = {e["name"]: e for e in c["env"]}
     assert env["SMTPGUARD_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "smtpguard-redis", "key": "url"}
@@ -491,6 +491,12 @@ def test_notes_warn_about_per_pod_state(tmp_path: Path) -> None:
             "set tls.existingSecret or both tls.certificate and tls.key",
         ),
         ({"terminationGracePeriodSeconds": 30}, "must exceed preStopSleepSeconds + shutdownGraceSeconds"),
+        (
+            {"listeners": [{"name": "smtps", "port": 4465, "servicePort": 465, "tls": "implicit"}],
+             "tls": {"existingSecret": "x"},
+             "clientIP": {"mode": "proxyProtocol", "proxyProtocol": {"trustedNetworks": ["10.0.0.0/8"]}}},
+            "implicit TLS cannot be combined with clientIP.mode=proxyProtocol",
+        ),
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must not exceed"),
         (
             {"metrics": {"port": 9108, "service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
