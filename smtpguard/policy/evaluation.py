@@ -226,12 +226,12 @@ def observe_check(name: str, outcomes: frozenset[str], elapsed: float | None) ->
     if elapsed is not None:
         child = _SECONDS.get(name)
         if child is None:
-            child = _SECONDS[name] = metrics.CHECK_SECONDS.labels(name)
+            child = _SECONDS[name] = metrics.child(metrics.CHECK_SECONDS, name)
         child.observe(elapsed)
     for outcome in outcomes:
         counter = _OUTCOMES.get((name, outcome))
         if counter is None:
-            counter = _OUTCOMES[(name, outcome)] = metrics.CHECK_OUTCOMES.labels(name, outcome)
+            counter = _OUTCOMES[(name, outcome)] = metrics.child(metrics.CHECK_OUTCOMES, name, outcome)
         counter.inc()
 
 

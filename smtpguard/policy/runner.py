@@ -142,7 +142,7 @@ class PolicyRunner:
         try:
             loaded = self._build()
         except ConfigError:
-            metrics.POLICY_RELOADS.labels("error").inc()
+            metrics.child(metrics.POLICY_RELOADS, "error").inc()
             raise
         self._activate(PolicyVersion(loaded))
         for w in loaded.warnings:
@@ -158,11 +158,11 @@ class PolicyRunner:
                 for p in exc.problems:
                     (log.warning if p.severity == "warning" else log.error)("policy reload: %s", p.render())
                 log.error("policy reload failed: keeping version %s", self.version)
-                metrics.POLICY_RELOADS.labels("error").inc()
+                metrics.child(metrics.POLICY_RELOADS, "error").inc()
                 return False
             except Exception:
                 log.exception("policy reload failed: keeping version %s", self.version)
-                metrics.POLICY_RELOADS.labels("error").inc()
+                metrics.child(metrics.POLICY_RELOADS, "error").inc()
                 return False
             new = PolicyVersion(loaded)
             if self._current is not None and new.version == self._current.version:
@@ -174,7 +174,7 @@ class PolicyRunner:
             except Exception:
                 log.exception("policy reload failed: a check did not start; keeping version %s", self.version)
                 await _close_checks(new)
-                metrics.POLICY_RELOADS.labels("error").inc()
+                metrics.child(metrics.POLICY_RELOADS, "error").inc()
                 return False
             for w in loaded.warnings:
                 log.warning("%s", w.render())
@@ -185,7 +185,7 @@ class PolicyRunner:
         old = self._current
         self._current = new
         self._versions.append(new)
-        metrics.POLICY_RELOADS.labels("ok").inc()
+        metrics.child(metrics.POLICY_RELOADS, "ok").inc()
         metrics.POLICY_RULES.set(len(new.loaded.policy.rules))
         metrics.POLICY_INFO.info({"version": new.version})
         metrics.POLICY_LAST_RELOAD.set(self.env.clock.time())
@@ -408,7 +408,7 @@ def _count_decision(stage: str, rule: str, action: str, mode: str) -> None:
     if child is None:
         if len(_DECISIONS) > 10000:  # rule names change across reloads: keep the cache bounded
             _DECISIONS.clear()
-        child = _DECISIONS[key] = metrics.POLICY_DECISIONS.labels(*key)
+        child = _DECISIONS[key] = metrics.child(metrics.POLICY_DECISIONS, *key)
     child.inc()
 
 

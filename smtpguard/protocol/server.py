@@ -220,7 +220,7 @@ class GuardSMTP(SMTP):
             self.transport.close()
 
     def _violation(self, kind: str) -> None:
-        metrics.PROTOCOL_VIOLATIONS.labels(self.listener.name, kind).inc()
+        metrics.child(metrics.PROTOCOL_VIOLATIONS, self.listener.name, kind).inc()
 
     # ----------------------------------------------------------------- session life
     async def _handle_client(self) -> None:
@@ -249,9 +249,9 @@ class GuardSMTP(SMTP):
             if self.proxy.per_ip[self._counted_ip] <= 0:
                 del self.proxy.per_ip[self._counted_ip]
             self.listener.active -= 1
-            metrics.CONNECTIONS_ACTIVE.labels(self.listener.name).dec()
+            metrics.child(metrics.CONNECTIONS_ACTIVE, self.listener.name).dec()
             self._counted_ip = None
-        metrics.CONNECTIONS.labels(self.listener.name, self._result).inc()
+        metrics.child(metrics.CONNECTIONS, self.listener.name, self._result).inc()
         if self.txn is not None:
             self._finish_transaction("aborted", None)
         self._log_session()
@@ -334,7 +334,7 @@ class GuardSMTP(SMTP):
         proxy.per_ip[ip] += 1
         self._counted_ip = ip
         self.listener.active += 1
-        metrics.CONNECTIONS_ACTIVE.labels(self.listener.name).inc()
+        metrics.child(metrics.CONNECTIONS_ACTIVE, self.listener.name).inc()
         return True
 
     async def _greeting_delay(self) -> None:
@@ -461,7 +461,7 @@ class GuardSMTP(SMTP):
         assert self.facts is not None
         started = time.perf_counter()
         verdict = await self.proxy.gate.evaluate(stage, self.facts, self.txn)
-        metrics.POLICY_EVALUATION_SECONDS.labels(stage.value).observe(time.perf_counter() - started)
+        metrics.child(metrics.POLICY_EVALUATION_SECONDS, stage.value).observe(time.perf_counter() - started)
         if verdict.record:
             record = {"stage": stage.value, **verdict.record}
             if stage in (Stage.MAIL, Stage.RCPT, Stage.DATA):
@@ -711,7 +711,7 @@ class GuardSMTP(SMTP):
 
     async def _after_data(self, txn: Transaction, framer: DataFramer, out_of_memory: bool) -> None:
         assert self.facts is not None
-        metrics.MESSAGE_SIZE.labels(self.listener.name).observe(framer.size)
+        metrics.child(metrics.MESSAGE_SIZE, self.listener.name).observe(framer.size)
         for kind in sorted(framer.violations):
             self._violation(kind)
         reply: Reply | None = None
@@ -804,7 +804,7 @@ class GuardSMTP(SMTP):
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException:
-            metrics.TLS_HANDSHAKES.labels(self.listener.name, "unknown", "error").inc()
+            metrics.child(metrics.TLS_HANDSHAKES, self.listener.name, "unknown", "error").inc()
             raise
 
     def _after_starttls(self, transport: asyncio.BaseTransport) -> None:
@@ -820,7 +820,7 @@ class GuardSMTP(SMTP):
         version = ssl_object.version() or "unknown"
         cipher = (ssl_object.cipher() or ("unknown",))[0]
         self.facts.tls = TLSFacts(version=version, cipher=cipher)
-        metrics.TLS_HANDSHAKES.labels(self.listener.name, version, "ok").inc()
+        metrics.child(metrics.TLS_HANDSHAKES, self.listener.name, version, "ok").inc()
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         await self._bad_command(R_NO_AUTH)
@@ -902,7 +902,7 @@ class GuardSMTP(SMTP):
         txn, self.txn = self.txn, None
         if txn is None or self.facts is None:
             return
-        metrics.MESSAGES.labels(self.listener.name, outcome).inc()
+        metrics.child(metrics.MESSAGES, self.listener.name, outcome).inc()
         logger = self.proxy.decision_log
         if logger is not None:
             logger.info("transaction", extra={"record": {

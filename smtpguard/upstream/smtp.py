@@ -153,7 +153,7 @@ class SMTPUpstreamSession:
                 self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
         except UpstreamError as exc:
             self._abort()
-            metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, exc.kind).inc()
             raise
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
@@ -165,7 +165,7 @@ class SMTPUpstreamSession:
                 kind = "protocol"  # e.g. a 554 greeting or EHLO refused
             else:
                 kind = "connect"
-            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
             raise UpstreamError(f"cannot open upstream session: {type(exc).__name__}: {exc}", kind) from None
         # timeouts for the transaction itself
         self.client.timeout = self.cfg.command_timeout
@@ -205,7 +205,7 @@ class SMTPUpstreamSession:
             response = await self._execute("XFORWARD", *args)
             if response.code != 250:
                 self._abort()
-                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+                metrics.child(metrics.UPSTREAM_ERRORS, "protocol").inc()
                 raise UpstreamError(f"upstream refused XFORWARD: {response.code}", "protocol")
 
     async def _execute(self, verb: str, *args: bytes, timeout: float | None = None) -> aiosmtplib.SMTPResponse:
@@ -217,10 +217,10 @@ class SMTPUpstreamSession:
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
-            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
             raise UpstreamError(f"upstream {verb} failed: {type(exc).__name__}") from None
-        metrics.UPSTREAM_COMMAND_SECONDS.labels(verb).observe(time.perf_counter() - started)
-        metrics.UPSTREAM_REPLIES.labels(verb, metrics.reply_class(response.code)).inc()
+        metrics.child(metrics.UPSTREAM_COMMAND_SECONDS, verb).observe(time.perf_counter() - started)
+        metrics.child(metrics.UPSTREAM_REPLIES, verb, metrics.reply_class(response.code)).inc()
         if response.code == 421:
             self._abort()
         return response
@@ -247,17 +247,17 @@ class SMTPUpstreamSession:
         try:
             response = await self.client.data(content, timeout=self.cfg.data_timeout)
         except aiosmtplib.SMTPDataError as exc:
-            metrics.UPSTREAM_REPLIES.labels("DATA", metrics.reply_class(exc.code)).inc()
+            metrics.child(metrics.UPSTREAM_REPLIES, "DATA", metrics.reply_class(exc.code)).inc()
             if exc.code == 421:
                 self._abort()
             return from_upstream(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
-            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
             raise UpstreamError(f"upstream DATA failed: {type(exc).__name__}") from None
-        metrics.UPSTREAM_COMMAND_SECONDS.labels("DATA").observe(time.perf_counter() - started)
-        metrics.UPSTREAM_REPLIES.labels("DATA", metrics.reply_class(response.code)).inc()
+        metrics.child(metrics.UPSTREAM_COMMAND_SECONDS, "DATA").observe(time.perf_counter() - started)
+        metrics.child(metrics.UPSTREAM_REPLIES, "DATA", metrics.reply_class(response.code)).inc()
         return from_upstream(response.code, response.message)
 
     async def rset(self) -> None:
