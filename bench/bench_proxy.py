@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sink-xclient", action="store_true",
                     help="let smtp-sink offer XCLIENT (it answers XCLIENT with 250, not 220; "
                          "default: smtp-sink -C, so proxies see no XCLIENT, like the baseline)")
+    ap.add_argument("--no-identity", action="store_true",
+                    help="smtp-sink offers neither XCLIENT nor XFORWARD (-C -F): smtpguard then passes no "
+                         "client identity, like the baseline (default: -C, so smtpguard sends XFORWARD)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args(argv)
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
     targets: list[Target] = []
     nsd: NSD | None = None
-    sink = SmtpSink.start(workdir / "sink", extra_args=() if args.sink_xclient else ("-C",))
+    sink_args = () if args.sink_xclient else ("-C", "-F") if args.no_identity else ("-C",)
+    sink = SmtpSink.start(workdir / "sink", extra_args=sink_args)
     try:
         if "direct" in args.targets:
             targets.append(Target("direct", sink.port))

@@ -385,9 +385,11 @@ class PolicyRunner:
                          transaction: Transaction | None) -> Mapping[str, Any]:
         try:
             version, _ = self._pin(stage, session, transaction)
+            wanted = [n for n in names if n in version.checks]
+            if not wanted:
+                return {}
             ev = Evaluation(version.loaded.policy, version.checks, stage, session, transaction, self.env,
                             version.info)
-            wanted = [n for n in names if n in version.checks]
             await ev.ensure(frozenset(wanted))
             return {n: r for n in wanted if (r := ev.result(n)) is not None}
         except asyncio.CancelledError:

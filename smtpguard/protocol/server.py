@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import time
 from typing import Any
 
@@ -772,6 +773,8 @@ class GuardSMTP(SMTP):
         if value is not None:
             added.append(("Authentication-Results", value))
         added.extend(txn.headers)
+        if not added and not _AUTH_RESULTS_LINE.search(content):
+            return content  # nothing to add or strip (searched in C, headers and body): no copy
         return header_edit.rewrite(content, added, self.proxy.authserv_id)
 
     async def smtp_RSET(self, arg: str | None) -> None:
@@ -919,11 +922,14 @@ class GuardSMTP(SMTP):
         self._upstream_replies = []
 
     def _log_session(self) -> None:
-        """One record per connection: how it ended and what policy said before any MAIL
-        (connect, HELO and command stages); transactions have their own records."""
+        """A record for a connection that had something to say outside its transactions: refused,
+        ended abnormally, never sent MAIL, or matched rules at connect/HELO/command stages."""
         logger = self.proxy.decision_log
         if logger is None or self.facts is None:
             return
+        if self.facts.transactions and self._refused is None and self._result == "ok" and not any(
+                r.get("rules") for r in self._session_records):
+            return  # an ordinary session: its transactions' records say it all
         logger.info("session", extra={"record": {
             "event": "session", "session": self.facts.id, "listener": self.listener.name,
             "client_ip": str(self.facts.client_ip), "client_port": self.facts.client_port,
@@ -946,6 +952,9 @@ class GuardSMTP(SMTP):
         if self.transport is not None:
             self._result = "shutdown"
             self.transport.abort()  # type: ignore[attr-defined]
+
+
+_AUTH_RESULTS_LINE = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 class _Reservation:
