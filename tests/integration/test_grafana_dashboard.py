@@ -309,10 +309,23 @@ EXPECT_DATA = {
 }
 
 
-def test_queries_and_alerts_run_on_live_prometheus(tmp_path: Path, prometheus_factory: Any) -> None:
+CLIENT_ZONE = """$ORIGIN client.test.
+$TTL 300
+@   IN SOA ns1.client.test. hostmaster.client.test. ( 1 3600 600 86400 60 )
+@   IN NS  ns1.client.test.
+ns1 IN A   127.0.0.1
+@   IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+"""
+
+
+def test_queries_and_alerts_run_on_live_prometheus(tmp_path: Path, prometheus_factory: Any,
+                                                   nsd_factory: Any) -> None:
     from sgproc import Smtpguard
 
-    with Smtpguard.start(tmp_path / "sg", upstream=f"maildir:{tmp_path}/mail") as guard:
+    # the default policy defers mail when SPF cannot be evaluated: give it a DNS that answers
+    nsd = nsd_factory({"client.test": CLIENT_ZONE})
+    with Smtpguard.start(tmp_path / "sg", upstream=f"maildir:{tmp_path}/mail",
+                         config={"dns": {"nameservers": [f"127.0.0.1:{nsd.port}"], "timeout": 1}}) as guard:
         for i in range(3):
             with smtplib.SMTP(guard.host, guard.port, timeout=10) as client:
                 client.sendmail("a@client.test", ["bob@example.test"], f"Subject: live {i}\r\n\r\nx\r\n")
