@@ -83,9 +83,6 @@ class DataFramer:
         if b"\x00" in body:
             self.violations.add("nul")
             body = body.replace(b"\x00", b"")
-        if b"\n" in body:  # cannot happen with LF-delimited chunks; kept as a guard
-            self.violations.add("bare_lf")
-            body = body.replace(b"\n", b" ")
         if unstuff and body.startswith(b"."):
             body = body[1:]
         if len(body) > self.max_line_length:

@@ -145,6 +145,8 @@ class GuardSMTP(SMTP):
         self.require_starttls = False
         self._timeout_duration = listener.cfg.limits.idle_timeout
         self._timeout_handle = None
+        self._timer_when: float | None = None
+        self._deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -186,7 +188,28 @@ class GuardSMTP(SMTP):
             self._handler_coroutine.cancel()
         self.transport = None
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels and re-creates a timer on every command; moving a deadline and
+        letting the one timer re-arm itself when it fires early is cheaper."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        if self._timeout_handle is None or self._timer_when is None or self._timer_when > deadline:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+            self._timer_when = deadline
+
+    def _stop_timeout(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timer_when = None
+
     def _timeout_cb(self) -> None:
+        self._timer_when = None
+        if self.loop.time() < self._deadline:  # activity since the timer was set: re-arm
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            self._timer_when = self._deadline
+            return
         if self._in_data or self.transport is None:
             return
         self._result = "timeout"
@@ -210,8 +233,11 @@ class GuardSMTP(SMTP):
 
     async def _reply(self, reply: Reply) -> None:
         self._write_reply(reply)
-        with contextlib.suppress(ConnectionError):
-            await self._writer.drain()
+        transport = self.transport
+        # replies are tiny: wait for the socket only when a slow reader let output pile up
+        if transport is not None and transport.get_write_buffer_size() > 65536:  # type: ignore[attr-defined]
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
 
     def _close(self, result: str | None = None) -> None:
         if result and self._result == "ok":
@@ -666,8 +692,7 @@ class GuardSMTP(SMTP):
             self._close("pipelining")
             raise _Closing
         self._in_data = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+        self._stop_timeout()
         try:
             await self._receive_and_relay(txn)
         finally:
