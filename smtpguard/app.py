@@ -208,9 +208,9 @@ class App:
             metrics.LISTENERS_UP.labels(name).set(0)
         for session in list(self.proxy.sessions):
             session.begin_shutdown()
-        deadline = time.monotonic() + self.config.shutdown_grace
-        while self.proxy.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        handlers = [t for s in self.proxy.sessions if (t := s._handler_coroutine) is not None and not t.done()]
+        if handlers:  # sessions in DATA finish their transaction, within the grace period
+            await asyncio.wait(handlers, timeout=self.config.shutdown_grace)
         for session in list(self.proxy.sessions):
             session.abort()
         for task in self._tasks:

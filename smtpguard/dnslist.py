@@ -25,12 +25,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from smtpguard import metrics
-from smtpguard.checks.base import CheckResult
+from smtpguard.checks.base import CheckOptions, CheckResult
 from smtpguard.errors import DNSError
 from smtpguard.facts import IPAddress
 from smtpguard.lists import CidrSet, parse_domain, parse_networks
@@ -83,6 +83,17 @@ def validate_zone_names(check: str, names: Sequence[str]) -> None:
         if not ZONE_NAME_RE.match(name) or name in RESERVED_NAMES:
             raise ValueError(f"{check}: zone name {name!r} must match {ZONE_NAME_RE.pattern} "
                              f"and not be one of {', '.join(sorted(RESERVED_NAMES))}")
+
+
+class ZoneListOptions(CheckOptions):
+    """Options shared by every DNS-list check: named zones, checked for usable names."""
+
+    zones: dict[str, ZoneOptions]
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        validate_zone_names("zones", list(self.zones))
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,10 @@ a zone with `txt_reason_in_reply: true`. Engine, error codes, DQS keys and healt
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
-
-from pydantic import model_validator
+from typing import ClassVar
 
 from smtpguard.checks.base import CheckBase, CheckContext, CheckEnv, CheckOptions, CheckResult
-from smtpguard.dnslist import DNSList, ZoneOptions, summarize, validate_zone_names, zone_outcomes
+from smtpguard.dnslist import DNSList, ZoneListOptions, summarize, zone_outcomes
 from smtpguard.stage import Scope, Stage
 
 
@@ -24,15 +22,8 @@ class DNSBLCheck(CheckBase):
     scope: ClassVar[Scope] = Scope.CONNECTION
     DEFAULT_WEIGHT: ClassVar[float] = 1.0
 
-    class Options(CheckOptions):
-        zones: dict[str, ZoneOptions]
-
-        @model_validator(mode="after")
-        def _valid(self) -> Self:
-            validate_zone_names("zones", list(self.zones))
-            return self
-
-    options: Options
+    Options: ClassVar[type[ZoneListOptions]] = ZoneListOptions
+    options: ZoneListOptions
 
     def __init__(self, options: CheckOptions, env: CheckEnv) -> None:
         super().__init__(options, env)

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import ClassVar, Literal, Self
-
-from pydantic import model_validator
+from typing import ClassVar, Literal
 
 from smtpguard.checks.base import CheckBase, CheckContext, CheckEnv, CheckOptions, CheckResult
-from smtpguard.dnslist import DNSList, ZoneAnswer, ZoneOptions, summarize, validate_zone_names, zone_outcomes
+from smtpguard.dnslist import DNSList, ZoneAnswer, ZoneListOptions, summarize, zone_outcomes
 from smtpguard.lists import parse_domain
 from smtpguard.stage import Scope, Stage
 
@@ -31,14 +29,8 @@ class RHSBLCheck(CheckBase):
     stage: ClassVar[Stage] = Stage.MAIL
     scope: ClassVar[Scope] = Scope.TRANSACTION
 
-    class Options(CheckOptions):
-        zones: dict[str, ZoneOptions]
+    class Options(ZoneListOptions):
         targets: tuple[Target, ...] = TARGETS
-
-        @model_validator(mode="after")
-        def _valid(self) -> Self:
-            validate_zone_names("zones", list(self.zones))
-            return self
 
     options: Options
 
