@@ -4,6 +4,10 @@ It speaks just enough SMTP (EHLO/MAIL/RCPT/DATA/RSET/QUIT, strict CRLF framing) 
 every byte it receives per connection, and every message it accepted (the raw, still
 dot-stuffed DATA payload). Runs in a thread on a free loopback port. The real-Postfix tests
 complement it: this one sees exactly what smtpguard put on the wire.
+
+`stall` makes it stop answering at one point, for the upstream-timeout tests: "banner" (accept
+the connection, never greet), "MAIL" (no reply to MAIL FROM) or "EOD" (read the whole message,
+never answer the end of data). A stalled connection is held open until smtpguard closes it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ from dataclasses import dataclass, field
 class Capture:
     raw: list[bytes] = field(default_factory=list)  # everything received, per connection
     messages: list[bytes] = field(default_factory=list)  # DATA payloads incl. the final ".\r\n"
+    stalled: int = 0  # connections that reached the stall point
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Handler(socketserver.StreamRequestHandler):
     capture: Capture
+    stall: str | None
+
+    def _hold(self) -> None:
+        """Say nothing more; wait until the peer hangs up."""
+        with self.capture.lock:
+            self.capture.stalled += 1
+        while self.rfile.readline(100000):
+            pass
 
     def handle(self) -> None:
         received = bytearray()
@@ -35,6 +48,9 @@ class _Handler(socketserver.StreamRequestHandler):
             with self.capture.lock:
                 self.capture.raw[index] = bytes(received)
 
+        if self.stall == "banner":
+            self._hold()
+            return
         self.wfile.write(b"220 capture.test ESMTP\r\n")
         while True:
             line = self.rfile.readline(100000)
@@ -57,7 +73,13 @@ class _Handler(socketserver.StreamRequestHandler):
                         break
                 with self.capture.lock:
                     self.capture.messages.append(bytes(payload))
+                if self.stall == "EOD":
+                    self._hold()
+                    return
                 self.wfile.write(b"250 2.0.0 Ok: captured\r\n")
+            elif verb == b"MAIL" and self.stall == "MAIL":
+                self._hold()
+                return
             elif verb == b"QUIT":
                 self.wfile.write(b"221 bye\r\n")
                 return
@@ -71,9 +93,11 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 class CaptureUpstream:
-    def __init__(self) -> None:
+    def __init__(self, stall: str | None = None) -> None:
+        if stall not in (None, "banner", "MAIL", "EOD"):
+            raise ValueError(f"unknown stall point {stall!r}")
         self.capture = Capture()
-        handler = type("Handler", (_Handler,), {"capture": self.capture})
+        handler = type("Handler", (_Handler,), {"capture": self.capture, "stall": stall})
         self.server = _Server(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -7,7 +7,11 @@ Invariants:
 - attribute values sent in XCLIENT/XFORWARD are xtext-encoded (R8); client bytes never reach
   the upstream except as validated, re-encoded commands and the canonical message (R2);
 - the message is sent as canonical unstuffed CRLF lines; aiosmtplib dot-stuffs and terminates
-  it (tests/unit/test_upstream_emit.py proves the bytes equal `protocol.data.emit`).
+  it (tests/unit/test_upstream_emit.py proves the bytes equal `protocol.data.emit`);
+- timeouts: one watchdog timer per session (`_Watchdog`) instead of aiosmtplib's per-command
+  `asyncio.wait_for` (a future, a timer and callbacks per reply, ~5 % of the proxy's CPU): the
+  client runs without timeouts and the watchdog closes the connection when a deadline passes,
+  which fails the pending command with a "timeout" `UpstreamError`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import aiosmtplib
 
@@ -80,7 +84,7 @@ class SMTPUpstream:
         metrics.UPSTREAM_UP.set(1)
         return True
 
-    def _client(self, timeout: float) -> aiosmtplib.SMTP:
+    def _client(self, timeout: float | None) -> aiosmtplib.SMTP:
         return aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -115,11 +119,60 @@ def _ext_args(ehlo_message: str, keyword: str) -> set[str]:
     return set()
 
 
+class _Watchdog:
+    """One self-re-arming timer per upstream session. `arm(seconds)` before a command moves the
+    deadline, `disarm()` after it; if a deadline passes while armed, the connection is closed
+    (`on_expiry`) so the pending read fails at once."""
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_on_expiry", "_when", "expired")
+
+    def __init__(self, on_expiry: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_expiry = on_expiry
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
+        self.expired = False
+
+    def arm(self, seconds: float) -> None:
+        deadline = self._loop.time() + seconds
+        self._deadline = deadline
+        if self._handle is None or self._when > deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+            self._when = deadline
+
+    def disarm(self) -> None:
+        self._deadline = None  # the timer stays scheduled; it stops itself when it fires
+
+    def cancel(self) -> None:
+        self._deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:  # moved on since the timer was set: re-arm
+            self._handle = self._loop.call_at(deadline, self._fire)
+            self._when = deadline
+            return
+        self.expired = True
+        self._deadline = None
+        self._on_expiry()
+
+
 class SMTPUpstreamSession:
     def __init__(self, upstream: SMTPUpstream) -> None:
         self.upstream = upstream
         self.cfg = upstream.cfg
-        self.client = upstream._client(upstream.cfg.connect_timeout)
+        # no per-command timeouts in aiosmtplib: the watchdog enforces them (module docstring)
+        self.client = upstream._client(None)
+        self._watchdog = _Watchdog(self._expired)
         self.extensions: frozenset[str] = frozenset()
         self._identity: ClientIdentity | None = None
         self._xforward_attrs: set[str] = set()
@@ -132,6 +185,7 @@ class SMTPUpstreamSession:
 
     async def connect(self, identity: ClientIdentity) -> None:
         self._identity = identity
+        self._watchdog.arm(self.cfg.connect_timeout)  # the whole opening: TCP, banner, EHLO, TLS
         try:
             await self.client.connect()
             ehlo = await self._ehlo()
@@ -157,7 +211,7 @@ class SMTPUpstreamSession:
             raise
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
-            if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            if self._watchdog.expired or isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
                 kind = "timeout"
             elif isinstance(exc, ssl.SSLError) or self._in_tls_handshake:
                 kind = "tls"
@@ -166,9 +220,15 @@ class SMTPUpstreamSession:
             else:
                 kind = "connect"
             metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
-            raise UpstreamError(f"cannot open upstream session: {type(exc).__name__}: {exc}", kind) from None
-        # timeouts for the transaction itself
-        self.client.timeout = self.cfg.command_timeout
+            reason = "timed out" if kind == "timeout" else f"{type(exc).__name__}: {exc}"
+            raise UpstreamError(f"cannot open upstream session: {reason}", kind) from None
+        finally:
+            self._watchdog.disarm()
+
+    def _expired(self) -> None:
+        log.warning("upstream %s: no answer within the timeout, closing the connection",
+                    self.upstream.description)
+        self.client.close()
 
     async def _ehlo(self, name: str | None = None) -> str:
         response = await self.client.ehlo(hostname=name) if name else await self.client.ehlo()
@@ -208,17 +268,17 @@ class SMTPUpstreamSession:
                 metrics.child(metrics.UPSTREAM_ERRORS, "protocol").inc()
                 raise UpstreamError(f"upstream refused XFORWARD: {response.code}", "protocol")
 
-    async def _execute(self, verb: str, *args: bytes, timeout: float | None = None) -> aiosmtplib.SMTPResponse:
+    async def _execute(self, verb: str, *args: bytes) -> aiosmtplib.SMTPResponse:
         if self._broken:
             raise UpstreamError("upstream session is no longer usable")
         started = time.perf_counter()
+        self._watchdog.arm(self.cfg.command_timeout)
         try:
-            response = await self.client.execute_command(verb.encode(), *args, timeout=timeout)
+            response = await self.client.execute_command(verb.encode(), *args)
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            self._abort()
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
-            metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
-            raise UpstreamError(f"upstream {verb} failed: {type(exc).__name__}") from None
+            self._failed(verb, exc)
+        finally:
+            self._watchdog.disarm()
         metrics.child(metrics.UPSTREAM_COMMAND_SECONDS, verb).observe(time.perf_counter() - started)
         metrics.child(metrics.UPSTREAM_REPLIES, verb, metrics.reply_class(response.code)).inc()
         if response.code == 421:
@@ -244,18 +304,19 @@ class SMTPUpstreamSession:
         if self._broken:
             raise UpstreamError("upstream session is no longer usable")
         started = time.perf_counter()
+        # one deadline for DATA, the payload and the final reply (RFC 5321 4.5.3.2.6: 10 minutes)
+        self._watchdog.arm(self.cfg.data_timeout)
         try:
-            response = await self.client.data(content, timeout=self.cfg.data_timeout)
+            response = await self.client.data(content)
         except aiosmtplib.SMTPDataError as exc:
             metrics.child(metrics.UPSTREAM_REPLIES, "DATA", metrics.reply_class(exc.code)).inc()
             if exc.code == 421:
                 self._abort()
             return from_upstream(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            self._abort()
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected"
-            metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
-            raise UpstreamError(f"upstream DATA failed: {type(exc).__name__}") from None
+            self._failed("DATA", exc)
+        finally:
+            self._watchdog.disarm()
         metrics.child(metrics.UPSTREAM_COMMAND_SECONDS, "DATA").observe(time.perf_counter() - started)
         metrics.child(metrics.UPSTREAM_REPLIES, "DATA", metrics.reply_class(response.code)).inc()
         return from_upstream(response.code, response.message)
@@ -279,14 +340,24 @@ class SMTPUpstreamSession:
         if self._broken or not self.client.is_connected:
             self._abort()
             return
+        self._watchdog.arm(5.0)  # a polite QUIT, not a long wait
         try:
-            await asyncio.wait_for(self.client.quit(), 5.0)
+            await self.client.quit()
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             pass
         finally:
             self._abort()
 
+    def _failed(self, verb: str, exc: BaseException) -> NoReturn:
+        self._abort()
+        timed_out = self._watchdog.expired or isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError)
+        kind = "timeout" if timed_out else "disconnected"
+        metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
+        reason = "no answer within the timeout" if timed_out else type(exc).__name__
+        raise UpstreamError(f"upstream {verb} failed: {reason}", kind) from None
+
     def _abort(self) -> None:
+        self._watchdog.cancel()
         self._broken = True
         try:
             self.client.close()
