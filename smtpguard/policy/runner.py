@@ -306,14 +306,11 @@ class PolicyRunner:
         in_txn = stage in TRANSACTION_STAGES and txn is not None
         if session.accepted_by_rule or (in_txn and txn is not None and txn.accepted_by_rule):
             return Verdict(accepted=True, score=_base_score(stage, session, txn),
-                           record={"stage": stage.value, "policy": version.version, "skipped": "accepted earlier"})
+                           record={"stage": stage.value, "policy": version.version, "skipped": "accepted earlier"},
+                           policy=version.version)
         policy = version.loaded.policy
-        if not policy.rules_at(stage) and stage not in policy.thresholds:  # nothing to decide
-            score = _base_score(stage, session, txn)
-            return Verdict(score=score, record={
-                "stage": stage.value, "policy": version.version, "checks": {}, "rules": [], "evaluated": [],
-                "waited_for": [], "score": score, "verdict": _NO_VERDICT,
-                "ms": round((time.perf_counter() - started) * 1000, 3)})
+        if not policy.rules_at(stage) and stage not in policy.thresholds:  # nothing to decide, nothing to record
+            return Verdict(score=_base_score(stage, session, txn), policy=version.version)
         ev = Evaluation(policy, version.checks, stage, session, txn, self.env, version.info)
         decision = await ev.decide(_base_score(stage, session, txn), frozenset(scored))
         # apply what the decision changes in the runner-owned fields
@@ -358,7 +355,7 @@ class PolicyRunner:
                   "ms": round((time.perf_counter() - started) * 1000, 3)}
         return Verdict(reply=reply, disconnect=disconnect, delay=decision.delay, headers=decision.headers,
                        accepted=final is not None and final.action is Action.ACCEPT, hits=tuple(hits),
-                       score=decision.score, record=record)
+                       score=decision.score, record=record, policy=version.version)
 
     async def observe(self, event: str, session: Session, transaction: Transaction | None) -> None:
         try:
@@ -399,7 +396,6 @@ class PolicyRunner:
             return {}
 
 
-_NO_VERDICT: Mapping[str, Any] = {"reply": None, "action": None, "rule": None, "disconnect": False, "delay": 0.0}
 _DECISIONS: dict[tuple[str, str, str, str], Any] = {}
 
 

@@ -10,7 +10,9 @@ Contract between the proxy (smtpguard/protocol) and the policy runner (smtpguard
 - `headers` are added to the message sent upstream (collected over the transaction's stages;
   the proxy inserts them at the data stage, built not concatenated).
 - `accepted` is True when an `accept` rule ended evaluation (an allow-list hit).
-- `record` is the JSON-able trace for the decision record and `explain`.
+- `record` is the JSON-able trace for the decision record and `explain`; empty when the stage
+  had nothing to decide (no rules, no thresholds): such stages are left out of the records.
+- `policy` is the version (content hash) the stage was evaluated with.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Verdict:
     hits: tuple[RuleHit, ...] = ()
     score: float = 0.0
     record: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
 
     @property
     def refuses(self) -> bool:

@@ -118,7 +118,8 @@ class GuardSMTP(SMTP):
         self._result = "ok"
         self._counted_ip: str | None = None
         self._refused: Reply | None = None
-        self._stage_records: list[dict[str, Any]] = []
+        self._stage_records: list[dict[str, Any]] = []  # mail/rcpt/data stages that had rules
+        self._txn_policy: str | None = None  # the policy version the transaction is pinned to
         self._session_records: list[dict[str, Any]] = []  # connect, helo and command stages
         self._upstream_replies: list[str] = []  # what the MTA answered in this transaction
         self._smtputf8 = False
@@ -489,12 +490,14 @@ class GuardSMTP(SMTP):
         started = time.perf_counter()
         verdict = await self.proxy.gate.evaluate(stage, self.facts, self.txn)
         metrics.child(metrics.POLICY_EVALUATION_SECONDS, stage.value).observe(time.perf_counter() - started)
-        if verdict.record:
-            record = {"stage": stage.value, **verdict.record}
-            if stage in (Stage.MAIL, Stage.RCPT, Stage.DATA):
-                self._stage_records.append(record)
+        in_txn = stage in _TXN_STAGES
+        if in_txn and self._txn_policy is None:
+            self._txn_policy = verdict.policy
+        if verdict.record:  # empty when the stage had no rules: nothing to say
+            if in_txn:
+                self._stage_records.append(verdict.record)
             elif len(self._session_records) < 50:  # connect, helo, command: the session record
-                self._session_records.append(record)
+                self._session_records.append(verdict.record)
         if verdict.delay > 0:
             await asyncio.sleep(min(verdict.delay, 60.0))
         if verdict.reply is not None and self.txn is not None and verdict.refuses:
@@ -578,6 +581,7 @@ class GuardSMTP(SMTP):
         self.txn = Transaction(id=new_id(), sender=path.address, mail_params=dict(path.params),
                                declared_size=int(size) if size else None)
         self._stage_records = []
+        self._txn_policy = None
         self._upstream_replies = []
         self._smtputf8 = "SMTPUTF8" in path.params
         refusal = await self._policy_refusal(Stage.MAIL)
@@ -940,10 +944,10 @@ class GuardSMTP(SMTP):
                 "sender": txn.sender, "recipients": txn.recipients, "failed_recipients": txn.failed_recipients,
                 "size": txn.message.size if txn.message else None, "outcome": outcome,
                 "reply": str(reply) if reply else None, "upstream": self._upstream_replies,
-                "stages": self._stage_records,
-                "policy": next((r["policy"] for r in self._stage_records if r.get("policy")), None),
+                "stages": self._stage_records, "policy": self._txn_policy,
             }})
         self._stage_records = []
+        self._txn_policy = None
         self._upstream_replies = []
 
     def _log_session(self) -> None:
@@ -979,6 +983,7 @@ class GuardSMTP(SMTP):
             self.transport.abort()  # type: ignore[attr-defined]
 
 
+_TXN_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})
 _AUTH_RESULTS_LINE = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -1010,7 +1015,8 @@ def _buffered(reader: asyncio.StreamReader) -> int:
 
 def _with_reply(verdict: Verdict, reply: Reply) -> Verdict:
     return Verdict(reply=reply, disconnect=verdict.disconnect, delay=0.0, headers=verdict.headers,
-                   accepted=verdict.accepted, hits=verdict.hits, score=verdict.score, record=verdict.record)
+                   accepted=verdict.accepted, hits=verdict.hits, score=verdict.score, record=verdict.record,
+                   policy=verdict.policy)
 
 
 class _NoHooks:
