@@ -1,7 +1,10 @@
 """DATA framing and canonical re-emission: the SMTP-smuggling defence (field survey R1-R3, R7).
 
-Pure code, no I/O. `DataFramer.feed_line` takes each chunk the reader returns (a line ending in
-LF, or an over-long fragment without one) and decides. Invariants (tests/unit/test_data_framing.py):
+Pure code, no I/O. `DataFramer.feed(buffer)` takes whatever the client has sent so far and
+consumes complete lines -- never a byte past the end of data, so pipelined commands stay in the
+reader -- handling a run of clean CRLF lines in a few C-level bytes operations and falling back
+to `feed_line` (one line, or an over-long fragment without LF) for anything unusual. Both give
+the same result (property-tested against each other). Invariants (tests/unit/test_data_framing.py):
 - R1: only a `.` CRLF line that starts right after a CRLF (or at the start of DATA) ends the
   message; `\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`, `\\r.\\r\\n`, a dot after an over-long fragment...
   never do.
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CRLF = b"\r\n"
+END = b"\r\n.\r\n"  # CRLF . CRLF: the only end of data (R1)
 
 
 @dataclass(slots=True)
@@ -27,6 +31,7 @@ class DataFramer:
     max_size: int
     max_line_length: int = 998
     normalize: bool = False
+    fragment_limit: int = 0  # an unfinished line longer than this is over-long (0: max_line_length + 3)
     size: int = 0  # canonical bytes (content + CRLF per line), counted even past max_size
     violations: set[str] = field(default_factory=set)
     done: bool = False
@@ -39,16 +44,75 @@ class DataFramer:
     def too_big(self) -> bool:
         return self.size > self.max_size
 
+    def feed(self, data: bytes | bytearray) -> int:
+        """Consume complete lines of `data` (what the client sent so far, unread), up to and
+        including the end-of-data line; return how many bytes were consumed. An unfinished last
+        line is left for later, unless it is already over-long (then it is consumed as a
+        fragment). Sets `done` when the end of data was consumed."""
+        if self.done:
+            raise RuntimeError("DATA already ended")
+        pos, n = 0, len(data)
+        if self._in_long_line:  # finish the over-long line first: its end decides the next start
+            lf = data.find(b"\n")
+            if lf < 0:
+                self._fragment(data)
+                return n
+            self.feed_line(bytes(data[:lf + 1]))
+            pos = lf + 1
+        last_lf = data.rfind(b"\n", pos)
+        if last_lf >= 0:
+            if self._eod_ok and data.startswith(b".\r\n", pos):
+                self.done = True
+                return pos + 3
+            end = data.find(END, pos, last_lf + 1)
+            if end >= 0:
+                self._lines(data[pos:end + 2])
+                self.done = True
+                return end + 5
+            self._lines(data[pos:last_lf + 1])
+            pos = last_lf + 1
+        if n - pos > (self.fragment_limit or self.max_line_length + 3):
+            self._fragment(data[pos:])
+            return n
+        return pos
+
+    def _lines(self, block: bytes | bytearray) -> None:
+        """Complete lines (`block` ends in LF) known not to contain the end of data."""
+        crlf = block.count(CRLF)
+        if crlf == block.count(b"\n") and crlf == block.count(b"\r") and b"\x00" not in block \
+                and max(map(len, block.split(CRLF))) <= self.max_line_length:
+            # the usual case: clean CRLF lines, every one a line start (only the first one can
+            # follow a bare LF): unstuff and store in bulk
+            if block[:1] == b"." and self._eod_ok:
+                block = block[1:]
+            if b"\r\n." in block:
+                block = block.replace(b"\r\n.", b"\r\n")
+            self.size += len(block)
+            if self.size <= self.max_size:
+                self._buf += block
+            self._eod_ok = True
+            return
+        start = 0
+        while start < len(block):  # bare LF/CR, NUL or a long line: line by line, exactly
+            lf = block.index(b"\n", start)
+            self.feed_line(bytes(block[start:lf + 1]))
+            start = lf + 1
+
+    def _fragment(self, chunk: bytes | bytearray) -> None:
+        """Part of a line without its LF, already too long: counted, never stored; what follows
+        is never a line start."""
+        self.violations.add("line_too_long")
+        self._in_long_line, self._eod_ok = True, False
+        self._fragment_cr = chunk.endswith(b"\r")
+        self.size += len(chunk)
+
     def feed_line(self, chunk: bytes) -> bool:
         """Consume one reader chunk; return True when the end of data was seen."""
         if self.done:
             raise RuntimeError("DATA already ended")
         if not chunk.endswith(b"\n"):
             # an over-long fragment (reader limit hit): what follows is never a line start
-            self.violations.add("line_too_long")
-            self._in_long_line, self._eod_ok = True, False
-            self._fragment_cr = chunk.endswith(b"\r")
-            self.size += len(chunk)
+            self._fragment(chunk)
             return False
         if self._in_long_line:
             # the tail of an over-long line: counted, never stored; a CRLF split between the
@@ -77,16 +141,17 @@ class DataFramer:
         return False
 
     def _add(self, body: bytes, unstuff: bool) -> None:
+        # unstuff and measure the line as sent, then repair (a NUL before a dot is not stuffing)
+        if unstuff and body.startswith(b"."):
+            body = body[1:]
+        if len(body) > self.max_line_length:
+            self.violations.add("line_too_long")
         if b"\r" in body:
             self.violations.add("bare_cr")
             body = body.replace(b"\r", b" ")
         if b"\x00" in body:
             self.violations.add("nul")
             body = body.replace(b"\x00", b"")
-        if unstuff and body.startswith(b"."):
-            body = body[1:]
-        if len(body) > self.max_line_length:
-            self.violations.add("line_too_long")
         self.size += len(body) + 2
         if self.size <= self.max_size:
             self._buf += body

@@ -35,6 +35,7 @@ from smtpguard.protocol import headers as header_edit
 from smtpguard.protocol.address import EnvelopeError, parse_mail, parse_rcpt
 from smtpguard.protocol.context import ListenerContext, new_id
 from smtpguard.protocol.data import DataFramer, parse_headers
+from smtpguard.protocol.readbuf import buffered, read_message, wait_for_input
 from smtpguard.reply import Reply
 from smtpguard.stage import Stage
 from smtpguard.upstream import ClientIdentity, UpstreamSession
@@ -371,15 +372,10 @@ class GuardSMTP(SMTP):
         if delay <= 0 or self.facts.client_ip in self.listener.greeting_skip:
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wait_for_input(), delay)
-        if _buffered(self._reader):  # hanging up before the banner is not talking
+            await asyncio.wait_for(wait_for_input(self._reader), delay)
+        if buffered(self._reader):  # hanging up before the banner is not talking
             self.facts.early_talker = True
             self._violation("early_talker")
-
-    async def _wait_for_input(self) -> None:
-        # StreamReader._wait_for_data is private; polling the buffer is cheap and safe
-        while not _buffered(self._reader) and not self._reader.at_eof():
-            await asyncio.sleep(0.05)
 
     async def _lookup_client_name(self) -> None:
         """The verified rDNS name (FCrDNS, the `iprev` check when the policy has it) for rules,
@@ -399,7 +395,7 @@ class GuardSMTP(SMTP):
             verb = verb.upper()
             arg = arg_text.strip() or None
             self._verb = verb if verb in KNOWN_VERBS else "unknown"
-            if (_buffered(self._reader) and verb not in ("QUIT", "DATA")
+            if (buffered(self._reader) and verb not in ("QUIT", "DATA")
                     and (not self.facts or not self.facts.esmtp or verb in SYNC_VERBS)
                     and await self._pipelining_violation(verb)):
                 return
@@ -688,7 +684,7 @@ class GuardSMTP(SMTP):
         if not txn.recipients:
             await self._reply(R_NEED_RCPT)
             return
-        if _buffered(self._reader):  # content before our 354: never guess where it ends (R4)
+        if buffered(self._reader):  # content before our 354: never guess where it ends (R4)
             self.facts.pipelining_violation = True
             self._violation("data_before_354")
             await self._reply(R_DATA_SYNC)
@@ -709,26 +705,24 @@ class GuardSMTP(SMTP):
         await self._reply(R_DATA_START)
         normalize = self.facts.client_ip in self.listener.normalize_networks
         framer = DataFramer(max_size=self.limits.max_message_size, max_line_length=self.limits.max_line_length,
-                            normalize=normalize)
+                            normalize=normalize, fragment_limit=self.line_length_limit)
         budget = _Reservation(self.proxy)
+        out_of_memory = False
+
+        def progress() -> None:  # hold the bytes against the process-wide budget as they come
+            nonlocal out_of_memory
+            if not out_of_memory and framer.size > budget.reserved and not framer.too_big \
+                    and not budget.grow(framer.size):
+                out_of_memory = True
+                framer.stop_storing()
+
         try:  # whatever ends this (EOF, reset, timeout, a bug), the reserved bytes go back
-            out_of_memory = False
             try:
                 async with asyncio.timeout(self.limits.data_timeout):
-                    while True:
-                        try:
-                            chunk = await self._reader.readuntil(b"\n")
-                        except asyncio.LimitOverrunError as exc:
-                            chunk = await self._reader.readexactly(exc.consumed)
-                        except asyncio.IncompleteReadError:
-                            self._finish_transaction("aborted", None)
-                            raise _Closing from None
-                        if framer.feed_line(chunk):
-                            break
-                        if not out_of_memory and framer.size > budget.reserved and not framer.too_big \
-                                and not budget.grow(framer.size):
-                            out_of_memory = True
-                            framer.stop_storing()
+                    await read_message(self._reader, framer, progress)
+            except asyncio.IncompleteReadError:
+                self._finish_transaction("aborted", None)
+                raise _Closing from None
             except TimeoutError:
                 self._result = "timeout"
                 await self._reply(R_TIMEOUT)
@@ -1006,11 +1000,6 @@ class _Reservation:
         self.proxy.release_data(self.reserved)
         self.reserved = 0
         metrics.DATA_BYTES_IN_FLIGHT.set(self.proxy.data_bytes)
-
-
-def _buffered(reader: asyncio.StreamReader) -> int:
-    """Bytes the client sent that we have not read yet (StreamReader._buffer is private)."""
-    return len(reader._buffer)  # type: ignore[attr-defined]
 
 
 def _with_reply(verdict: Verdict, reply: Reply) -> Verdict:

@@ -26,9 +26,22 @@ def test_private_attributes_we_use_exist() -> None:
         assert callable(getattr(SMTP, method)), method
     # _reader/_writer are set when the client connects
     assert "self._reader = reader" in inspect.getsource(SMTP._cb_client_connected)
-    assert hasattr(asyncio.StreamReader(), "_buffer")  # read by smtpguard for pipelining detection
     assert issubclass(TLSSetupException, Exception)
     assert inspect.iscoroutinefunction(get_proxy)
+
+
+def test_streamreader_internals_readbuf_uses() -> None:
+    """smtpguard/protocol/readbuf.py reads DATA from the StreamReader's buffer (no public peek)."""
+    reader = asyncio.StreamReader(limit=10)
+    assert isinstance(reader._buffer, bytearray) and reader._eof is False
+    assert inspect.iscoroutinefunction(asyncio.StreamReader._wait_for_data)
+    assert list(inspect.signature(asyncio.StreamReader._wait_for_data).parameters) == ["self", "func_name"]
+    assert callable(reader._maybe_resume_transport)
+    reader.feed_data(b"x" * 25)  # above 2 * limit: a transport would be paused
+    assert reader._buffer == bytearray(b"x" * 25)
+    source = inspect.getsource(asyncio.StreamReader._wait_for_data)
+    assert "resume_reading" in source  # waiting resumes a paused transport
+    assert "self._buffer" in inspect.getsource(asyncio.StreamReader.feed_data)
 
 
 def test_starttls_uses_push_and_sslproto() -> None:

@@ -122,3 +122,132 @@ async def test_normalize_mode_never_ends_data_after_a_bare_lf() -> None:
     assert framer.done and rest == b""
     assert framer.content() == b"text\r\n.\r\nMAIL FROM:<evil@x>\r\n"  # one message; the dot is content
     assert emit(framer.lines) == b"text\r\n..\r\nMAIL FROM:<evil@x>\r\n.\r\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# `DataFramer.feed` (bulk, what the server uses) against `feed_line` (line by line, the reference)
+
+LIMIT = 1001
+TOKENS = [b"\r\n", b"\n", b"\r", b".", b"..", b"\x00", b"a", b" ", b"MAIL FROM:<x@y>", b"\r\n.\r\n", b"\r\n.",
+          b".\r\n", b"\r\r\n", b"\n.\n", b"x" * 70, b"y" * 996, b"z" * 1100]
+
+
+def feed_in_pieces(data: bytes, cuts: list[int], normalize: bool,
+                   max_size: int = 10_000_000) -> tuple[DataFramer, bytes]:
+    """The server's loop over a growing buffer: bytes arrive in pieces, `feed` consumes what it
+    can; returns the framer and everything left unconsumed once it is done."""
+    framer = DataFramer(max_size=max_size, normalize=normalize, fragment_limit=LIMIT)
+    buffer = bytearray()
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(data[pos:pos + cut])
+        pos += cut
+    pieces.append(data[pos:])
+    for i, piece in enumerate(pieces):
+        buffer += piece
+        while buffer and not framer.done:
+            used = framer.feed(buffer)
+            del buffer[:used]
+            if not used:
+                break
+        if framer.done:
+            return framer, bytes(buffer) + b"".join(pieces[i + 1:])
+    return framer, b""
+
+
+@given(st.lists(st.sampled_from(TOKENS), max_size=40), st.lists(st.integers(1, 400), max_size=12), st.booleans(),
+       st.booleans())
+def test_feed_ends_data_exactly_where_feed_line_does(tokens: list[bytes], cuts: list[int], normalize: bool,
+                                                     terminate: bool) -> None:
+    data = b"".join(tokens) + (b"\r\n.\r\nQUIT\r\n" if terminate else b"")
+    ref, ref_rest = frame(data, normalize=normalize, limit=LIMIT)
+    new, new_rest = feed_in_pieces(data, cuts, normalize)
+    assert new.done == ref.done
+    if not ref.done:
+        return
+    assert new_rest == ref_rest  # the smuggling property: same end, same leftover for the command loop
+    if "line_too_long" in ref.violations or "line_too_long" in new.violations:
+        # over-long lines are refused in every mode; their content is never looked at
+        assert "line_too_long" in ref.violations and "line_too_long" in new.violations
+        assert new.rejected_violations and ref.rejected_violations
+        return
+    assert new.violations == ref.violations
+    assert new.rejected_violations == ref.rejected_violations
+    assert new.size == ref.size
+    assert new.content() == ref.content()
+    assert not STRAY.search(emit(new.lines))
+
+
+def test_feed_keeps_an_unfinished_line_and_what_follows_the_end() -> None:
+    framer = DataFramer(max_size=1000, fragment_limit=LIMIT)
+    assert framer.feed(b"Subject: x\r\n\r\nbody\r\n.") == len(b"Subject: x\r\n\r\nbody\r\n")
+    assert not framer.done
+    assert framer.feed(b".\r\nRSET\r\nQUIT\r\n") == 3
+    assert framer.done and framer.content() == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_feed_unstuffs_only_at_line_starts() -> None:
+    framer = DataFramer(max_size=1000, fragment_limit=LIMIT)
+    data = b"..a\r\nb.\r\n...\r\n.\r\n"
+    assert framer.feed(data) == len(data)
+    assert framer.lines == [b".a", b"b.", b".."]
+
+
+def test_feed_over_long_unfinished_line_is_a_fragment() -> None:
+    framer = DataFramer(max_size=10_000, fragment_limit=LIMIT)
+    assert framer.feed(b"x" * 1500) == 1500  # no LF yet, already too long: consumed, flagged
+    assert "line_too_long" in framer.violations
+    assert framer.feed(b"xx\r\n.\r\nNEXT") == 7  # the CRLF ends it; the dot line then ends DATA
+    assert framer.done
+
+
+def test_feed_size_past_the_limit_is_counted_not_stored() -> None:
+    framer, _ = feed_in_pieces(b"0123456789\r\nabcdef\r\n.\r\n", [3, 9], normalize=False, max_size=10)
+    assert framer.done and framer.too_big and framer.lines == []
+
+
+async def _read_with_real_streamreader(pieces: list[bytes], eof: bool = False) -> tuple[DataFramer, bytes, int]:
+    """`readbuf.read_message` over a real asyncio.StreamReader fed in pieces while it reads."""
+    import asyncio
+
+    from smtpguard.protocol.readbuf import read_message
+
+    reader = asyncio.StreamReader(limit=LIMIT)
+    framer = DataFramer(max_size=50_000_000, fragment_limit=LIMIT)
+    calls = 0
+
+    def progress() -> None:
+        nonlocal calls
+        calls += 1
+
+    task = asyncio.get_running_loop().create_task(read_message(reader, framer, progress))
+    for piece in pieces:
+        reader.feed_data(piece)
+        await asyncio.sleep(0)  # let the reader run between pieces, as the network would
+    if eof:
+        reader.feed_eof()
+    await task
+    return framer, await reader.read(len(reader._buffer)) if reader._buffer else b"", calls  # type: ignore[attr-defined]
+
+
+async def test_read_message_leaves_pipelined_commands_in_the_reader() -> None:
+    framer, rest, calls = await _read_with_real_streamreader(
+        [b"Subject: a\r\n", b"\r\nline\r", b"\n.", b"\r\nQUIT\r\n"])
+    assert framer.done and framer.content() == b"Subject: a\r\n\r\nline\r\n"
+    assert rest == b"QUIT\r\n" and calls >= 2
+
+
+async def test_read_message_big_message_in_network_sized_pieces() -> None:
+    body = b"".join(b"line %07d ..........................................................\r\n" % i
+                    for i in range(80_000))  # ~5.6 MB
+    data = b"Subject: big\r\n\r\n" + body + b".\r\n"
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    framer, rest, _ = await _read_with_real_streamreader(pieces)
+    assert framer.done and rest == b"" and framer.content() == data[:-3]
+
+
+async def test_read_message_eof_before_the_end_raises() -> None:
+    import asyncio
+
+    with pytest.raises(asyncio.IncompleteReadError):
+        await _read_with_real_streamreader([b"Subject: a\r\n\r\nno end"], eof=True)
