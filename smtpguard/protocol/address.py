@@ -219,8 +219,13 @@ def parse_address_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         return None
 
 
+_XTEXT_PLAIN = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x7e]*")  # printable ASCII but "+" and "="
+
+
 def xtext_encode(value: str) -> str:
     """RFC 3461 xtext for XCLIENT/XFORWARD attribute values (R8)."""
+    if _XTEXT_PLAIN.fullmatch(value):
+        return value  # the usual HELO name or host name: nothing to encode
     out = []
     for byte in value.encode("utf-8", "surrogateescape"):
         if 33 <= byte <= 126 and byte not in (ord("+"), ord("=")):

@@ -5,7 +5,7 @@ one `ListenerContext` per listener. Holds counters for connection caps and the m
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import os
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from smtpguard import metrics
 from smtpguard.config import Config, ListenerConfig
 from smtpguard.lists import CidrSet
 from smtpguard.policy.verdict import PolicyGate
+from smtpguard.reply import Reply
 from smtpguard.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -23,14 +24,13 @@ if TYPE_CHECKING:
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 
 
+_ID_TABLE = bytes(ord(_ALPHABET[b % len(_ALPHABET)]) for b in range(256))
+
+
 def new_id(length: int = 12) -> str:
-    """A short random id for sessions and transactions (unambiguous characters, 58 bits)."""
-    value = int.from_bytes(secrets.token_bytes(8), "big")
-    out = []
-    for _ in range(length):
-        value, index = divmod(value, len(_ALPHABET))
-        out.append(_ALPHABET[index])
-    return "".join(out)
+    """A short random id for sessions and transactions: `length` unambiguous characters from
+    the OS's random source (~4.9 bits each; 12 give ~58 bits), one C-level translate."""
+    return os.urandom(length).translate(_ID_TABLE).decode("ascii")
 
 
 @dataclass(slots=True)
@@ -66,7 +66,10 @@ class ListenerContext:
     normalize_networks: CidrSet
     greeting_skip: CidrSet
     proxy_trusted: CidrSet
+    banner: Reply
     active: int = 0
+    # EHLO replies by what is advertised (SMTPUTF8, STARTTLS, DSN): built and validated once
+    ehlo_replies: dict[tuple[bool, bool, bool], Reply] = field(default_factory=dict)
     _command_counters: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def count_reply(self, verb: str, reply_class: str) -> None:
@@ -92,4 +95,5 @@ class ListenerContext:
             greeting_skip=CidrSet(str(ipaddress.ip_network(n, strict=False)) for n in cfg.limits.greeting_delay_skip),
             proxy_trusted=CidrSet(
                 str(ipaddress.ip_network(n, strict=False)) for n in cfg.proxy_protocol.trusted_networks),
+            banner=Reply(220, None, f"{proxy.hostname} ESMTP"),
         )

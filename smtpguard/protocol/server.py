@@ -344,7 +344,7 @@ class GuardSMTP(SMTP):
                 return
             self._refused = verdict.reply  # RFC 5321 3.1: then 503 to everything but QUIT
         else:
-            await self._reply(Reply(220, None, f"{self.proxy.hostname} ESMTP"))
+            await self._reply(self.listener.banner)
         await self._command_loop()
 
     def _admit(self, ip: str) -> bool:
@@ -434,7 +434,7 @@ class GuardSMTP(SMTP):
             await self._bad_command(R_BARE_LF_CMD if kind == "bare_lf" else R_BARE_CR_CMD)
             return None
         body = raw[:-2]
-        if any(b < 32 and b != 9 for b in body) or b"\x7f" in body:
+        if _COMMAND_CONTROL.search(body):
             self._violation("nul" if b"\x00" in body else "bad_syntax")
             await self._bad_command(R_NUL_CMD)
             return None
@@ -535,15 +535,16 @@ class GuardSMTP(SMTP):
         if not esmtp:
             await self._reply(Reply(250, None, self.proxy.hostname))
             return
-        lines = ["PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME"]
-        if self._advertise_smtputf8():
-            lines.append("SMTPUTF8")
-        if self.tls_context is not None and self._tls_protocol is None:
-            lines.append("STARTTLS")
-        if self._advertise_dsn():
-            lines.append("DSN")
-        lines.append("ENHANCEDSTATUSCODES")
-        await self._reply(Reply(250, None, self.proxy.hostname, tuple(lines)))
+        key = (self._advertise_smtputf8(), self.tls_context is not None and self._tls_protocol is None,
+               self._advertise_dsn())
+        reply = self.listener.ehlo_replies.get(key)
+        if reply is None:
+            smtputf8, starttls, dsn = key
+            lines = ["PIPELINING", f"SIZE {self.limits.max_message_size}", "8BITMIME"]
+            lines += ["SMTPUTF8"] * smtputf8 + ["STARTTLS"] * starttls + ["DSN"] * dsn
+            lines.append("ENHANCEDSTATUSCODES")
+            reply = self.listener.ehlo_replies[key] = Reply(250, None, self.proxy.hostname, tuple(lines))
+        await self._reply(reply)
 
     def _upstream_has(self, keyword: str) -> bool:
         known = self.proxy.upstream.known_extensions
@@ -977,6 +978,7 @@ class GuardSMTP(SMTP):
             self.transport.abort()  # type: ignore[attr-defined]
 
 
+_COMMAND_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but TAB
 _TXN_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})
 _AUTH_RESULTS_LINE = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
 

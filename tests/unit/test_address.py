@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpguard.protocol.address import EnvelopeError, is_valid_address, parse_mail, parse_rcpt, xtext_encode
 
@@ -41,3 +43,11 @@ def test_source_route_is_dropped() -> None:
 
 def test_xtext() -> None:
     assert xtext_encode("a+b=c d\r\n") == "a+2Bb+3Dc+20d+0D+0A"
+
+
+@given(st.text(max_size=40))
+def test_xtext_is_exactly_rfc3461(value: str) -> None:
+    """The fast path for plain values agrees with the byte-by-byte definition."""
+    expected = "".join(chr(b) if 33 <= b <= 126 and b not in b"+=" else f"+{b:02X}"
+                       for b in value.encode("utf-8", "surrogateescape"))
+    assert xtext_encode(value) == expected
