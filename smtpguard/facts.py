@@ -20,12 +20,25 @@ class TLSFacts:
     cipher: str
 
 
-@dataclass(slots=True)
 class Message:
-    """The message at the data stage: raw bytes (CRLF lines, unstuffed) plus parsed headers."""
+    """The message at the data stage: raw bytes (CRLF lines, unstuffed) plus parsed headers.
 
-    raw: bytes
-    headers: list[tuple[str, str]]  # (name, unfolded value) in order
+    `headers` are parsed on first use (most policies never look at them), unless given."""
+
+    __slots__ = ("_headers", "raw")
+
+    def __init__(self, raw: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+        self.raw = raw
+        self._headers = headers
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(name, unfolded value) in order."""
+        if self._headers is None:
+            from smtpguard.protocol.data import parse_headers
+
+            self._headers = parse_headers(self.raw)
+        return self._headers
 
     @property
     def size(self) -> int:
@@ -34,6 +47,9 @@ class Message:
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for n, v in self.headers if n.lower() == lname]
+
+    def __repr__(self) -> str:
+        return f"Message(size={len(self.raw)})"
 
 
 @dataclass(slots=True)

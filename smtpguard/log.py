@@ -42,6 +42,12 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "auto", level: str = "info") -> None:
+    # the formatters use neither the caller's file/line nor thread/process names: skip collecting
+    # them for every record (the logging HOWTO's "Optimization" section; a stack walk, a getpid)
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JSONFormatter() if use_json else TextFormatter())

@@ -34,7 +34,7 @@ from smtpguard.policy.verdict import Verdict
 from smtpguard.protocol import headers as header_edit
 from smtpguard.protocol.address import EnvelopeError, parse_mail, parse_rcpt
 from smtpguard.protocol.context import ListenerContext, new_id
-from smtpguard.protocol.data import DataFramer, parse_headers
+from smtpguard.protocol.data import DataFramer
 from smtpguard.protocol.readbuf import buffered, read_message, wait_for_input
 from smtpguard.reply import Reply
 from smtpguard.stage import Stage
@@ -756,7 +756,7 @@ class GuardSMTP(SMTP):
             self._finish_transaction(outcome, reply)
             return
         content = framer.content()
-        txn.message = Message(raw=content, headers=parse_headers(content))
+        txn.message = Message(content)
         refusal = await self._policy_refusal(Stage.DATA)
         if refusal is not None:
             await self._abort_upstream_transaction()
@@ -797,8 +797,9 @@ class GuardSMTP(SMTP):
         if value is not None:
             added.append(("Authentication-Results", value))
         added.extend(txn.headers)
-        if not added and not _AUTH_RESULTS_LINE.search(content):
-            return content  # nothing to add or strip (searched in C, headers and body): no copy
+        header_end = content.find(b"\r\n\r\n")
+        if not added and not _AUTH_RESULTS_LINE.search(content, 0, len(content) if header_end < 0 else header_end + 2):
+            return content  # nothing to add, no A-R header to strip (searched in C): no copy
         return header_edit.rewrite(content, added, self.proxy.authserv_id)
 
     async def smtp_RSET(self, arg: str | None) -> None:
