@@ -64,9 +64,11 @@ class PolicyVersion:
     retired: bool = False
     closed: bool = False
     info: dict[str, CheckInfo] = field(default_factory=dict)
+    observers: tuple[str, ...] = ()  # checks with an `observe` hook, in name order
 
     def __post_init__(self) -> None:
         self.info = {name: check_info(check) for name, check in self.loaded.checks.items()}
+        self.observers = tuple(sorted(n for n, c in self.loaded.checks.items() if hasattr(c, "observe")))
 
     @property
     def version(self) -> str:
@@ -362,14 +364,12 @@ class PolicyRunner:
             state = self._sessions.get(session.id)
             pin = transaction.policy if transaction is not None else None
             version = pin.version if isinstance(pin, TransactionPin) else state.version if state else self._current
-            if version is None:
+            if version is None or not version.observers:
                 return
             stage = EVENT_STAGES.get(event, Stage.DISCONNECT)
             ctx = Evaluation(version.loaded.policy, version.checks, stage, session, transaction, self.env).context({})
-            for name, check in sorted(version.checks.items()):
-                hook: Callable[[str, Any], Awaitable[None]] | None = getattr(check, "observe", None)
-                if hook is None:
-                    continue
+            for name in version.observers:
+                hook: Callable[[str, Any], Awaitable[None]] = version.checks[name].observe  # type: ignore[attr-defined]
                 try:
                     await hook(event, ctx)
                 except Exception:
