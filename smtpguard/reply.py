@@ -18,6 +18,7 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PARSE = re.compile(r"^(\d{3})(?:[ -](?:([245]\.\d{1,3}\.\d{1,3})(?: |$))?(.*))?$", re.DOTALL)
 MAX_TEXT = 400
+_CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}  # codes are validated to be 200-599
 
 
 def sanitize_text(text: str, limit: int = MAX_TEXT) -> str:
@@ -54,7 +55,7 @@ class Reply:
     @property
     def klass(self) -> str:
         """The reply class for metrics: '2xx', '3xx', '4xx' or '5xx'."""
-        return f"{self.code // 100}xx"
+        return _CLASSES[self.code // 100]
 
     @property
     def is_positive(self) -> bool:
