@@ -76,6 +76,9 @@ class PolicyGate(Protocol):
         ...
 
 
+_NO_POLICY_VERDICT = Verdict(policy="none")
+
+
 class NoPolicy:
     """A PolicyGate with no rules at all: every stage proceeds (benchmarks, tests)."""
 
@@ -83,7 +86,7 @@ class NoPolicy:
     rule_count = 0
 
     async def evaluate(self, stage: Stage, session: Session, transaction: Transaction | None) -> Verdict:
-        return PROCEED
+        return _NO_POLICY_VERDICT
 
     async def observe(self, event: str, session: Session, transaction: Transaction | None) -> None:
         return None
