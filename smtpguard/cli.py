@@ -115,7 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc.problems)
         return 1
-    setup_logging(config.logging.format, config.logging.level)
+    from smtpguard import metrics
+
+    setup_logging(config.logging.format, config.logging.level, background=True,
+                  on_drop=metrics.LOG_LINES_DROPPED.inc)
     log = logging.getLogger("smtpguard")
     gate = None
     if args.no_policy:

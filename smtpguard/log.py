@@ -2,15 +2,27 @@
 
 Decision records (one per transaction) go to the `smtpguard.decision` logger with the record
 in `extra={"record": {...}}`; they are emitted as one JSON object per line in both formats.
+
+Records are formatted where they are logged but written by one writer thread
+(`BackgroundStreamHandler`): a stderr that stops draining (a full pipe, a stuck log collector)
+must never block the event loop and with it every SMTP session. Up to `QUEUE_LINES` lines wait
+in memory; beyond that lines are dropped and counted (`smtpguard_log_lines_dropped_total`, and a
+warning in the log once it drains). Order is kept; `close()` (at exit) writes what is queued.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
+
+QUEUE_LINES = 100_000
 
 
 class JSONFormatter(logging.Formatter):
@@ -41,14 +53,89 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(fmt: str = "auto", level: str = "info") -> None:
+class BackgroundStreamHandler(logging.Handler):
+    """Format in the caller's thread (a snapshot of the record), write from a daemon thread."""
+
+    def __init__(self, stream: TextIO, max_lines: int = QUEUE_LINES,
+                 on_drop: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.dropped = 0
+        self._on_drop = on_drop
+        self._queue: queue.Queue[str | None] = queue.Queue(max_lines)
+        self._thread = threading.Thread(target=self._write_loop, name="smtpguard-log-writer", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop(1)
+
+    def _write_loop(self) -> None:
+        reported = 0
+        while True:
+            line = self._queue.get()
+            lines: list[str] = []
+            stop = line is None
+            if line is not None:
+                lines.append(line)
+            while not stop:  # write whatever else is waiting in one go
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    lines.append(more)
+            if self.dropped > reported:
+                lost, reported = self.dropped - reported, self.dropped
+                lines.append(self.format(logging.LogRecord(
+                    "smtpguard.log", logging.WARNING, "", 0,
+                    "%d log lines dropped: the log output was not being read", (lost,), None)))
+            if lines:
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr gone: nothing else can be done with a log line
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Write what is queued (waiting up to 5 s for a blocked stream), then stop."""
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=5)
+                self._thread.join(timeout=5)
+            except queue.Full:
+                pass
+        super().close()
+
+
+def setup_logging(fmt: str = "auto", level: str = "info", background: bool = False,
+                  on_drop: Callable[[int], None] | None = None) -> None:
+    """`background`: write from a thread (the server); off for the one-shot CLI commands."""
     # the formatters use neither the caller's file/line nor thread/process names: skip collecting
     # them for every record (the logging HOWTO's "Optimization" section; a stack walk, a getpid)
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if background:
+        handler = BackgroundStreamHandler(sys.stderr, on_drop=on_drop)
+        atexit.register(handler.close)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JSONFormatter() if use_json else TextFormatter())
     root = logging.getLogger()

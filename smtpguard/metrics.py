@@ -101,6 +101,8 @@ UPSTREAM_UP = Gauge("smtpguard_upstream_up", "1 when the last upstream contact o
 # lifecycle
 LISTENERS_UP = Gauge("smtpguard_listeners_up", "Listeners accepting connections", ["listener"])
 SHUTTING_DOWN = Gauge("smtpguard_shutting_down", "1 while draining after SIGTERM")
+LOG_LINES_DROPPED = Counter("smtpguard_log_lines_dropped",
+                            "Log lines dropped because the log output (stderr) was not being read")
 
 
 # documented label values, exported as 0 from the start so that rate()/increase() see the

@@ -53,7 +53,9 @@ class Smtpguard:
     def start(cls, workdir: Path, *, upstream: str, config: Mapping[str, Any] | None = None,
               policy_dir: Path | None = None, no_policy: bool = False, args: Sequence[str] = (),
               listeners: Sequence[Mapping[str, Any]] | None = None, wait: bool = True,
-              env: Mapping[str, str] | None = None) -> Smtpguard:
+              env: Mapping[str, str] | None = None, output_pipe: bool = False) -> Smtpguard:
+        """`output_pipe`: stdout/stderr go to `proc.stdout` (a pipe the test reads, or not)
+        instead of the log file."""
         workdir.mkdir(parents=True, exist_ok=True)
         port, metrics_port = free_port(), free_port()
         data: dict[str, Any] = {"hostname": "guard.test", "logging": {"format": "json", "level": "info"}}
@@ -83,9 +85,13 @@ class Smtpguard:
         if no_policy:
             cmd.append("--no-policy")
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment,
-                                    start_new_session=True)
+        if output_pipe:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir,
+                                    env=environment, start_new_session=True)
+        else:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment,
+                                        start_new_session=True)
         _LIVE.add(proc)
         sg = cls(workdir, port, metrics_port, proc, log_path, config_path, extra_ports)
         if wait:
