@@ -34,7 +34,7 @@ import dns.resolver
 import dns.reversename
 
 from smtpguard.errors import DNSError
-from smtpguard.metrics import DNS_QUERIES, DNS_SECONDS
+from smtpguard.metrics import DNS_QUERIES, DNS_SECONDS, child
 
 T = TypeVar("T")
 
@@ -120,10 +120,10 @@ class _Outcome:
     def done(self, result: str) -> None:
         label = dns.rdatatype.to_text(self.rdtype)
         if self.cached:
-            DNS_QUERIES.labels(label, "cached").inc()
+            child(DNS_QUERIES, label, "cached").inc()
             return
-        DNS_QUERIES.labels(label, result).inc()
-        DNS_SECONDS.labels(label).observe(time.perf_counter() - self.start)
+        child(DNS_QUERIES, label, result).inc()
+        child(DNS_SECONDS, label).observe(time.perf_counter() - self.start)
 
     def answer(self, answer: dns.resolver.Answer) -> dns.resolver.Answer | None:
         self.done("ok" if answer.rrset is not None else "nodata")
