@@ -61,6 +61,7 @@ class BackgroundStreamHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.dropped = 0
+        self._closed = False
         self._on_drop = on_drop
         self._queue: queue.Queue[str | None] = queue.Queue(max_lines)
         self._thread = threading.Thread(target=self._write_loop, name="smtpguard-log-writer", daemon=True)
@@ -111,11 +112,14 @@ class BackgroundStreamHandler(logging.Handler):
                 return
 
     def close(self) -> None:
-        """Write what is queued (waiting up to 5 s for a blocked stream), then stop."""
-        if self._thread.is_alive():
+        """Write what is queued (waiting up to 5 s in all for a blocked stream), then stop.
+        Called at exit (atexit) and again by `logging.shutdown`: the second call returns."""
+        if not self._closed:
+            self._closed = True
+            deadline = time.monotonic() + 5
             try:
                 self._queue.put(None, timeout=5)
-                self._thread.join(timeout=5)
+                self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
                 pass
         super().close()

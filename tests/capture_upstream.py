@@ -6,8 +6,10 @@ dot-stuffed DATA payload). Runs in a thread on a free loopback port. The real-Po
 complement it: this one sees exactly what smtpguard put on the wire.
 
 `stall` makes it stop answering at one point, for the upstream-timeout tests: "banner" (accept
-the connection, never greet), "MAIL" (no reply to MAIL FROM) or "EOD" (read the whole message,
-never answer the end of data). A stalled connection is held open until smtpguard closes it.
+the connection, never greet), "MAIL" (no reply to MAIL FROM), "EOD" (read the whole message,
+never answer the end of data) or "DATA_NOREAD" (answer 354, then stop reading: with a 4 KB
+receive buffer the sender's writes soon block). A stalled connection is held open until
+smtpguard closes it (or, for DATA_NOREAD, until `close()`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Capture:
     raw: list[bytes] = field(default_factory=list)  # everything received, per connection
     messages: list[bytes] = field(default_factory=list)  # DATA payloads incl. the final ".\r\n"
     stalled: int = 0  # connections that reached the stall point
+    closing: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -60,6 +63,13 @@ class _Handler(socketserver.StreamRequestHandler):
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 self.wfile.write(b"250-capture.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            elif verb == b"DATA" and self.stall == "DATA_NOREAD":
+                self.wfile.write(b"354 go\r\n")
+                self.wfile.flush()
+                with self.capture.lock:
+                    self.capture.stalled += 1
+                self.capture.closing.wait(120)  # read nothing more until the test ends
+                return
             elif verb == b"DATA":
                 self.wfile.write(b"354 go\r\n")
                 payload = bytearray()
@@ -94,11 +104,15 @@ class _Server(socketserver.ThreadingTCPServer):
 
 class CaptureUpstream:
     def __init__(self, stall: str | None = None) -> None:
-        if stall not in (None, "banner", "MAIL", "EOD"):
+        if stall not in (None, "banner", "MAIL", "EOD", "DATA_NOREAD"):
             raise ValueError(f"unknown stall point {stall!r}")
         self.capture = Capture()
         handler = type("Handler", (_Handler,), {"capture": self.capture, "stall": stall})
-        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler, bind_and_activate=False)
+        if stall == "DATA_NOREAD":  # accepted sockets inherit it: a tiny window, writes block soon
+            self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server.server_bind()
+        self.server.server_activate()
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -108,6 +122,7 @@ class CaptureUpstream:
         return f"smtp://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        self.capture.closing.set()
         self.server.shutdown()
         self.server.server_close()
 

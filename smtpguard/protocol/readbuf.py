@@ -24,9 +24,16 @@ def buffered(reader: asyncio.StreamReader) -> int:
     return len(reader._buffer)  # type: ignore[attr-defined]
 
 
+def _raise_if_failed(reader: asyncio.StreamReader) -> None:
+    """A connection reset (`set_exception`) does not set EOF: surface it like `readuntil` does."""
+    exc = reader.exception()
+    if exc is not None:
+        raise exc
+
+
 async def wait_for_input(reader: asyncio.StreamReader) -> None:
     """Return as soon as the client has sent something or closed, without reading it."""
-    if reader._buffer or reader._eof:  # type: ignore[attr-defined]
+    if reader._buffer or reader._eof or reader.exception() is not None:  # type: ignore[attr-defined]
         return
     await reader._wait_for_data("wait_for_input")  # type: ignore[attr-defined]
 
@@ -34,8 +41,10 @@ async def wait_for_input(reader: asyncio.StreamReader) -> None:
 async def read_message(reader: asyncio.StreamReader, framer: DataFramer, progress: Callable[[], None]) -> None:
     """Feed the client's bytes to `framer` until it has seen the end of data. `progress` is
     called after every step that consumed bytes (memory-budget bookkeeping). Raises
-    `asyncio.IncompleteReadError` if the client closes first."""
+    `asyncio.IncompleteReadError` if the client closes first, the reader's exception (e.g.
+    `ConnectionResetError`) if the connection failed."""
     while True:
+        _raise_if_failed(reader)
         buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
         if buffer:
             used = framer.feed(buffer)

@@ -721,7 +721,7 @@ class GuardSMTP(SMTP):
             try:
                 async with asyncio.timeout(self.limits.data_timeout):
                     await read_message(self._reader, framer, progress)
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):
                 self._finish_transaction("aborted", None)
                 raise _Closing from None
             except TimeoutError:

@@ -185,33 +185,19 @@ class SMTPUpstreamSession:
 
     async def connect(self, identity: ClientIdentity) -> None:
         self._identity = identity
-        self._watchdog.arm(self.cfg.connect_timeout)  # the whole opening: TCP, banner, EHLO, TLS
         try:
-            await self.client.connect()
-            ehlo = await self._ehlo()
-            if self.cfg.starttls != "off":
-                if "STARTTLS" in self.extensions:
-                    self._in_tls_handshake = True
-                    await self.client.starttls(tls_context=self.upstream._tls_ctx,
-                                               server_hostname=self.upstream.host)
-                    self._in_tls_handshake = False
-                    ehlo = await self._ehlo()
-                elif self.cfg.starttls == "required":
-                    raise UpstreamError("upstream does not offer STARTTLS and starttls is required", "tls")
-            if self.cfg.xclient == "auto" and "XCLIENT" in self.extensions:
-                await self._xclient(identity, _ext_args(ehlo, "XCLIENT"))
-                # the EHLO after XCLIENT sets the HELO name the upstream records: use the client's
-                helo = identity.helo
-                await self._ehlo(helo if helo and helo.isascii() and helo.isprintable() else None)
-            elif self.cfg.xforward == "auto" and "XFORWARD" in self.extensions:
-                self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
+            # the whole opening -- TCP connect, banner, EHLO, STARTTLS, XCLIENT -- under one
+            # deadline; a cancelling timeout (not the watchdog): there is no connection to close
+            # while the TCP handshake is pending
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                await self._open(identity)
         except UpstreamError as exc:
             self._abort()
             metrics.child(metrics.UPSTREAM_ERRORS, exc.kind).inc()
             raise
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             self._abort()
-            if self._watchdog.expired or isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
                 kind = "timeout"
             elif isinstance(exc, ssl.SSLError) or self._in_tls_handshake:
                 kind = "tls"
@@ -222,12 +208,36 @@ class SMTPUpstreamSession:
             metrics.child(metrics.UPSTREAM_ERRORS, kind).inc()
             reason = "timed out" if kind == "timeout" else f"{type(exc).__name__}: {exc}"
             raise UpstreamError(f"cannot open upstream session: {reason}", kind) from None
-        finally:
-            self._watchdog.disarm()
+
+    async def _open(self, identity: ClientIdentity) -> None:
+        await self.client.connect()
+        ehlo = await self._ehlo()
+        if self.cfg.starttls != "off":
+            if "STARTTLS" in self.extensions:
+                self._in_tls_handshake = True
+                await self.client.starttls(tls_context=self.upstream._tls_ctx,
+                                           server_hostname=self.upstream.host)
+                self._in_tls_handshake = False
+                ehlo = await self._ehlo()
+            elif self.cfg.starttls == "required":
+                raise UpstreamError("upstream does not offer STARTTLS and starttls is required", "tls")
+        if self.cfg.xclient == "auto" and "XCLIENT" in self.extensions:
+            await self._xclient(identity, _ext_args(ehlo, "XCLIENT"))
+            # the EHLO after XCLIENT sets the HELO name the upstream records: use the client's
+            helo = identity.helo
+            await self._ehlo(helo if helo and helo.isascii() and helo.isprintable() else None)
+        elif self.cfg.xforward == "auto" and "XFORWARD" in self.extensions:
+            self._xforward_attrs = _ext_args(ehlo, "XFORWARD")
 
     def _expired(self) -> None:
-        log.warning("upstream %s: no answer within the timeout, closing the connection",
+        """A command's deadline passed: drop the connection at once. abort(), not close(): a
+        close waits until our write buffer drains, which never happens if the upstream stopped
+        reading (a stalled DATA); the abort fails the pending read right away."""
+        log.warning("upstream %s: no answer within the timeout, dropping the connection",
                     self.upstream.description)
+        abort = getattr(self.client.transport, "abort", None)  # uvloop's transports are not asyncio subclasses
+        if abort is not None:
+            abort()
         self.client.close()
 
     async def _ehlo(self, name: str | None = None) -> str:

@@ -20,13 +20,15 @@ from sgproc import Smtpguard
 from test_proxy_postfix import Raw
 
 TIMEOUTS = {"connect_timeout": "1s", "command_timeout": "1s", "data_timeout": "1s"}
+BIG = 12_000_000  # more than the sockets between smtpguard and a stalled upstream can buffer
 
 
 @pytest.fixture
 def stalled(request: pytest.FixtureRequest, tmp_workdir: Path) -> Iterator[tuple[CaptureUpstream, Smtpguard]]:
     up = CaptureUpstream(stall=request.param)
     sg = Smtpguard.start(tmp_workdir / f"sg-stall-{uuid.uuid4().hex[:8]}", upstream=up.url, no_policy=True,
-                         config={"upstream": TIMEOUTS})
+                         config={"upstream": TIMEOUTS},
+                         listeners=[{"name": "smtp", "limits": {"max_message_size": "50MB"}}])
     try:
         yield up, sg
     finally:
@@ -93,4 +95,22 @@ def test_upstream_silent_after_end_of_data_never_gives_2xx(stalled: tuple[Captur
     records = wait_for(lambda: [r for r in sg.decisions() if r.get("event") == "transaction"],
                        what="transaction record")
     assert records[-1]["outcome"] == "upstream_error"
+    _still_usable(raw)
+
+
+@pytest.mark.parametrize("stalled", ["DATA_NOREAD"], indirect=True)
+def test_upstream_that_stops_reading_mid_message_gives_451(stalled: tuple[CaptureUpstream, Smtpguard]) -> None:
+    """The upstream says 354 and then reads nothing: smtpguard's writes block. The data timeout
+    must still end it (a plain close would wait for the write buffer to drain, forever)."""
+    up, sg = stalled
+    raw = _session(sg)
+    assert raw.cmd("MAIL FROM:<s@client.test>")[0] == 250
+    assert raw.cmd("RCPT TO:<alice@example.test>")[0] == 250
+    assert raw.cmd("DATA")[0] == 354
+    line = b"x" * 998 + b"\r\n"
+    raw.send(b"Subject: big\r\n\r\n" + line * (BIG // len(line)) + b".\r\n")
+    code, text = raw.reply()
+    assert (code, text.split()[1]) == (451, "4.4.2"), text
+    assert up.capture.stalled == 1 and up.capture.messages == []
+    assert wait_for(lambda: _timeouts(sg) >= 1, what="upstream timeout counted")
     _still_usable(raw)

@@ -251,3 +251,18 @@ async def test_read_message_eof_before_the_end_raises() -> None:
 
     with pytest.raises(asyncio.IncompleteReadError):
         await _read_with_real_streamreader([b"Subject: a\r\n\r\nno end"], eof=True)
+
+
+async def test_read_message_surfaces_a_connection_reset_that_came_while_not_waiting() -> None:
+    """A reset sets the reader's exception, not EOF: read_message must raise it at once instead
+    of waiting for the DATA timeout."""
+    import asyncio
+
+    from smtpguard.protocol.readbuf import read_message
+
+    reader = asyncio.StreamReader(limit=LIMIT)
+    reader.feed_data(b"Subject: a\r\n\r\npartial line")
+    reader.set_exception(ConnectionResetError("reset"))
+    framer = DataFramer(max_size=1000, fragment_limit=LIMIT)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(read_message(reader, framer, lambda: None), 30)

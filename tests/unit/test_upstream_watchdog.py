@@ -61,3 +61,30 @@ def test_an_earlier_deadline_replaces_a_later_timer() -> None:
         return dog.expired
 
     assert asyncio.run(run())
+
+
+def test_connect_timeout_covers_a_tcp_handshake_that_never_completes() -> None:
+    """An upstream that drops SYNs: `connect_timeout` must end the opening, not the OS (~2 min)."""
+    from smtpguard.config import UpstreamConfig
+    from smtpguard.errors import UpstreamError
+    from smtpguard.upstream import ClientIdentity
+    from smtpguard.upstream.smtp import SMTPUpstream
+
+    async def run() -> UpstreamError:
+        loop = asyncio.get_running_loop()
+
+        async def never(*args: object, **kwargs: object) -> None:
+            await asyncio.sleep(3600)
+
+        loop.create_connection = never  # type: ignore[assignment,method-assign]
+        upstream = SMTPUpstream(UpstreamConfig(url="smtp://192.0.2.10:25", connect_timeout=0.2, starttls="off"),
+                                "proxy.test")
+        identity = ClientIdentity(addr="192.0.2.1", port=1, name=None, helo="x", proto="ESMTP")
+        try:
+            await asyncio.wait_for(upstream.open(identity), 30)  # a hang fails, it does not block CI
+        except UpstreamError as exc:
+            return exc
+        raise AssertionError("open() succeeded against a black hole")
+
+    error = asyncio.run(run())
+    assert error.kind == "timeout" and "timed out" in str(error)
