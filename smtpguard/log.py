@@ -4,18 +4,19 @@ Decision records (one per transaction) go to the `smtpguard.decision` logger wit
 in `extra={"record": {...}}`; they are emitted as one JSON object per line in both formats.
 
 Records are formatted where they are logged but written by one writer thread
-(`BackgroundStreamHandler`): a stderr that stops draining (a full pipe, a stuck log collector)
-must never block the event loop and with it every SMTP session. Up to `QUEUE_LINES` lines wait
-in memory; beyond that lines are dropped and counted (`smtpguard_log_lines_dropped_total`, and a
-warning in the log once it drains). Order is kept; `close()` (at exit) writes what is queued.
+(`BackgroundStreamHandler`, every 50 ms, in one write): a stderr that stops draining (a full
+pipe, a stuck log collector) must never block the event loop and with it every SMTP session. Up
+to `QUEUE_LINES` lines wait in memory; beyond that lines are dropped and counted
+(`smtpguard_log_lines_dropped_total`, and a warning in the log once it drains). Order is kept;
+`close()` (at exit) writes what is pending.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
-import queue
 import sys
 import threading
 import time
@@ -54,16 +55,22 @@ class TextFormatter(logging.Formatter):
 
 
 class BackgroundStreamHandler(logging.Handler):
-    """Format in the caller's thread (a snapshot of the record), write from a daemon thread."""
+    """Format in the caller's thread (a snapshot of the record); a daemon thread writes what has
+    accumulated every `interval` seconds in one write. No wake-up per line: a per-line hand-off
+    to another thread costs a GIL switch per record (~10 % of the proxy's throughput)."""
 
     def __init__(self, stream: TextIO, max_lines: int = QUEUE_LINES,
-                 on_drop: Callable[[int], None] | None = None) -> None:
+                 on_drop: Callable[[int], None] | None = None, interval: float = 0.05) -> None:
         super().__init__()
         self.stream = stream
         self.dropped = 0
+        self.max_lines = max_lines
+        self.interval = interval
+        self._lines: collections.deque[str] = collections.deque()  # append/popleft are thread-safe
+        self._reported = 0
         self._closed = False
         self._on_drop = on_drop
-        self._queue: queue.Queue[str | None] = queue.Queue(max_lines)
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write_loop, name="smtpguard-log-writer", daemon=True)
         self._thread.start()
 
@@ -73,55 +80,43 @@ class BackgroundStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        if len(self._lines) >= self.max_lines:
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop(1)
+            return
+        self._lines.append(line)
 
     def _write_loop(self) -> None:
-        reported = 0
-        while True:
-            line = self._queue.get()
-            lines: list[str] = []
-            stop = line is None
-            if line is not None:
-                lines.append(line)
-            while not stop:  # write whatever else is waiting in one go
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                else:
-                    lines.append(more)
-            if self.dropped > reported:
-                lost, reported = self.dropped - reported, self.dropped
-                lines.append(self.format(logging.LogRecord(
-                    "smtpguard.log", logging.WARNING, "", 0,
-                    "%d log lines dropped: the log output was not being read", (lost,), None)))
-            if lines:
-                try:
-                    self.stream.write("\n".join(lines) + "\n")
-                    self.stream.flush()
-                except (OSError, ValueError):
-                    pass  # stderr gone: nothing else can be done with a log line
-            if stop:
-                return
+        while not self._stop.wait(self.interval):
+            self._write_pending()
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        lines = [self._lines.popleft() for _ in range(len(self._lines))]
+        if self.dropped > self._reported:
+            lost, self._reported = self.dropped - self._reported, self.dropped
+            lines.append(self.format(logging.LogRecord(
+                "smtpguard.log", logging.WARNING, "", 0,
+                "%d log lines dropped: the log output was not being read", (lost,), None)))
+        if not lines:
+            return
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr gone: nothing else can be done with a log line
+
+    def flush(self) -> None:
+        """Lines are written within `interval`; `close()` writes the rest."""
 
     def close(self) -> None:
-        """Write what is queued (waiting up to 5 s in all for a blocked stream), then stop.
-        Called at exit (atexit) and again by `logging.shutdown`: the second call returns."""
+        """Write what is pending (waiting up to 5 s for a blocked stream), then stop. Called at
+        exit (atexit) and again by `logging.shutdown`: the second call returns at once."""
         if not self._closed:
             self._closed = True
-            deadline = time.monotonic() + 5
-            try:
-                self._queue.put(None, timeout=5)
-                self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                pass
+            self._stop.set()
+            self._thread.join(timeout=5)
         super().close()
 
 
