@@ -6,7 +6,7 @@ in `extra={"record": {...}}`; they are emitted as one JSON object per line in bo
 Records are formatted where they are logged but written by one writer thread
 (`BackgroundStreamHandler`, every 50 ms, in one write): a stderr that stops draining (a full
 pipe, a stuck log collector) must never block the event loop and with it every SMTP session. Up
-to `QUEUE_LINES` lines wait in memory; beyond that lines are dropped and counted
+to `MAX_PENDING_LINES` lines wait in memory; beyond that lines are dropped and counted
 (`smtpguard_log_lines_dropped_total`, and a warning in the log once it drains). Order is kept;
 `close()` (at exit) writes what is pending.
 """
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-QUEUE_LINES = 100_000
+MAX_PENDING_LINES = 100_000
 
 
 class JSONFormatter(logging.Formatter):
@@ -59,7 +59,7 @@ class BackgroundStreamHandler(logging.Handler):
     accumulated every `interval` seconds in one write. No wake-up per line: a per-line hand-off
     to another thread costs a GIL switch per record (~10 % of the proxy's throughput)."""
 
-    def __init__(self, stream: TextIO, max_lines: int = QUEUE_LINES,
+    def __init__(self, stream: TextIO, max_lines: int = MAX_PENDING_LINES,
                  on_drop: Callable[[int], None] | None = None, interval: float = 0.05) -> None:
         super().__init__()
         self.stream = stream

@@ -25,6 +25,8 @@ class Stage(enum.Enum):
         return self.order <= other.order
 
 
+TRANSACTION_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})  # inside MAIL ... end of data
+
 _ORDER = {
     Stage.CONNECT: 0,
     Stage.HELO: 1,

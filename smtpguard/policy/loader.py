@@ -34,9 +34,9 @@ from smtpguard.policy.model import (
     Rule,
     Thresholds,
 )
-from smtpguard.policy.rulesyntax import TRANSACTION_STAGES, RuleSyntax
+from smtpguard.policy.rulesyntax import RuleSyntax
 from smtpguard.policy.yamlsource import LineDict, parse_yaml
-from smtpguard.stage import Scope, Stage
+from smtpguard.stage import TRANSACTION_STAGES, Scope, Stage
 
 TOP_KEYS = ("rules", "checks", "thresholds")
 

@@ -25,14 +25,13 @@ from smtpguard.policy.syntax import ConditionParser
 from smtpguard.policy.templates import TemplateError, parse_template
 from smtpguard.policy.yamlsource import LineDict, LineList
 from smtpguard.reply import Reply, parse_reply
-from smtpguard.stage import Stage
+from smtpguard.stage import TRANSACTION_STAGES, Stage
 
 RULE_KEYS = ("name", "stage", "if", "unless", "action", "mode", "reply", "scope", "points", "header", "seconds",
              "description")
 THRESHOLD_KEYS = ("reject", "tempfail", "tag", "mode", "reject_reply", "tempfail_reply", "tag_header")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
-TRANSACTION_STAGES = (Stage.MAIL, Stage.RCPT, Stage.DATA)
 DEFAULT_TAG_HEADER = HeaderSpec("X-Spam-Flag", parse_template("YES (score {score})"))
 
 

@@ -46,11 +46,10 @@ from smtpguard.policy.evaluation import CheckInfo, Evaluation, check_info
 from smtpguard.policy.loader import LoadedPolicy, Source, load_policy
 from smtpguard.policy.model import AcceptScope, Action, Mode
 from smtpguard.policy.verdict import RuleHit, Verdict
-from smtpguard.stage import Stage
+from smtpguard.stage import TRANSACTION_STAGES, Stage
 
 log = logging.getLogger("smtpguard.policy")
 
-TRANSACTION_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})
 EVENT_STAGES = {"connection_closed": Stage.DISCONNECT, "recipient_refused": Stage.RCPT,
                 "message_accepted": Stage.DATA}
 

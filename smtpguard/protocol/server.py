@@ -4,7 +4,7 @@ aiosmtpd gives us the transport plumbing, STARTTLS and the PROXY protocol parser
 code reads every line itself so that every command -- unknown ones included -- passes through
 policy, bare LF/CR/NUL in command lines are refused, pipelining discipline is enforced and DATA
 is framed by `protocol.data` (smuggling-safe). The aiosmtpd internals this relies on
-(`_reader`, `_writer`, `_reset_timeout`, `_timeout_handle`, `_tls_protocol`, `smtp_STARTTLS`,
+(`_reader`, `_writer`, `_reset_timeout`, `_tls_protocol`, `smtp_STARTTLS`,
 `get_proxy`) are guarded by tests/unit/test_aiosmtpd_internals.py.
 
 Invariants:
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -28,6 +29,7 @@ from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from smtpguard import metrics
+from smtpguard.deadline import DeadlineTimer
 from smtpguard.errors import UpstreamError
 from smtpguard.facts import Message, Session, TLSFacts, Transaction
 from smtpguard.policy.verdict import Verdict
@@ -37,7 +39,7 @@ from smtpguard.protocol.context import ListenerContext, new_id
 from smtpguard.protocol.data import DataFramer
 from smtpguard.protocol.readbuf import buffered, read_message, wait_for_input
 from smtpguard.reply import Reply
-from smtpguard.stage import Stage
+from smtpguard.stage import TRANSACTION_STAGES, Stage
 from smtpguard.upstream import ClientIdentity, UpstreamSession
 
 log = logging.getLogger("smtpguard.smtp")
@@ -146,9 +148,8 @@ class GuardSMTP(SMTP):
         self.tls_context = listener.tls_context if listener.cfg.tls.mode == "starttls" else None
         self.require_starttls = False
         self._timeout_duration = listener.cfg.limits.idle_timeout
-        self._timeout_handle = None
-        self._timer_when: float | None = None
-        self._deadline = 0.0
+        self._timeout_handle = None  # aiosmtpd's; unused: the idle timeout is `self._idle`
+        self._idle = DeadlineTimer(self._timeout_cb)
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -181,8 +182,7 @@ class GuardSMTP(SMTP):
         return not (self._tls_protocol is not None or self.listener.implicit_tls)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+        self._idle.cancel()
         if self._original_transport is not None:
             self._original_transport.close()
         asyncio.StreamReaderProtocol.connection_lost(self, error)
@@ -191,27 +191,14 @@ class GuardSMTP(SMTP):
         self.transport = None
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """aiosmtpd cancels and re-creates a timer on every command; moving a deadline and
-        letting the one timer re-arm itself when it fires early is cheaper."""
-        deadline = self.loop.time() + (duration or self._timeout_duration)
-        self._deadline = deadline
-        if self._timeout_handle is None or self._timer_when is None or self._timer_when > deadline:
-            if self._timeout_handle is not None:
-                self._timeout_handle.cancel()
-            self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
-            self._timer_when = deadline
+        """aiosmtpd cancels and re-creates a timer on every command; moving the deadline of one
+        self-re-arming timer is cheaper."""
+        self._idle.arm(duration or self._timeout_duration)
 
     def _stop_timeout(self) -> None:
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-        self._timer_when = None
+        self._idle.disarm()
 
     def _timeout_cb(self) -> None:
-        self._timer_when = None
-        if self.loop.time() < self._deadline:  # activity since the timer was set: re-arm
-            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
-            self._timer_when = self._deadline
-            return
         if self._in_data or self.transport is None:
             return
         self._result = "timeout"
@@ -486,7 +473,7 @@ class GuardSMTP(SMTP):
         started = time.perf_counter()
         verdict = await self.proxy.gate.evaluate(stage, self.facts, self.txn)
         metrics.child(metrics.POLICY_EVALUATION_SECONDS, stage.value).observe(time.perf_counter() - started)
-        in_txn = stage in _TXN_STAGES
+        in_txn = stage in TRANSACTION_STAGES
         if in_txn and self._txn_policy is None:
             self._txn_policy = verdict.policy
         if verdict.record:  # empty when the stage had no rules: nothing to say
@@ -980,7 +967,6 @@ class GuardSMTP(SMTP):
 
 
 _COMMAND_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but TAB
-_TXN_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})
 _AUTH_RESULTS_LINE = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -1006,9 +992,7 @@ class _Reservation:
 
 
 def _with_reply(verdict: Verdict, reply: Reply) -> Verdict:
-    return Verdict(reply=reply, disconnect=verdict.disconnect, delay=0.0, headers=verdict.headers,
-                   accepted=verdict.accepted, hits=verdict.hits, score=verdict.score, record=verdict.record,
-                   policy=verdict.policy)
+    return dataclasses.replace(verdict, reply=reply, delay=0.0)
 
 
 class _NoHooks:

@@ -8,7 +8,7 @@ Invariants:
   the upstream except as validated, re-encoded commands and the canonical message (R2);
 - the message is sent as canonical unstuffed CRLF lines; aiosmtplib dot-stuffs and terminates
   it (tests/unit/test_upstream_emit.py proves the bytes equal `protocol.data.emit`);
-- timeouts: one watchdog timer per session (`_Watchdog`) instead of aiosmtplib's per-command
+- timeouts: one watchdog timer per session (`deadline.DeadlineTimer`) instead of aiosmtplib's per-command
   `asyncio.wait_for` (a future, a timer and callbacks per reply, ~5 % of the proxy's CPU): the
   client runs without timeouts and the watchdog closes the connection when a deadline passes,
   which fails the pending command with a "timeout" `UpstreamError`.
@@ -26,6 +26,7 @@ import aiosmtplib
 
 from smtpguard import metrics
 from smtpguard.config import UpstreamConfig, split_hostport
+from smtpguard.deadline import DeadlineTimer
 from smtpguard.errors import UpstreamError
 from smtpguard.protocol.address import xtext_encode
 from smtpguard.reply import Reply, from_upstream
@@ -119,60 +120,13 @@ def _ext_args(ehlo_message: str, keyword: str) -> set[str]:
     return set()
 
 
-class _Watchdog:
-    """One self-re-arming timer per upstream session. `arm(seconds)` before a command moves the
-    deadline, `disarm()` after it; if a deadline passes while armed, the connection is closed
-    (`on_expiry`) so the pending read fails at once."""
-
-    __slots__ = ("_deadline", "_handle", "_loop", "_on_expiry", "_when", "expired")
-
-    def __init__(self, on_expiry: Any) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._on_expiry = on_expiry
-        self._deadline: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._when = 0.0
-        self.expired = False
-
-    def arm(self, seconds: float) -> None:
-        deadline = self._loop.time() + seconds
-        self._deadline = deadline
-        if self._handle is None or self._when > deadline:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._fire)
-            self._when = deadline
-
-    def disarm(self) -> None:
-        self._deadline = None  # the timer stays scheduled; it stops itself when it fires
-
-    def cancel(self) -> None:
-        self._deadline = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self) -> None:
-        self._handle = None
-        deadline = self._deadline
-        if deadline is None:
-            return
-        if self._loop.time() < deadline:  # moved on since the timer was set: re-arm
-            self._handle = self._loop.call_at(deadline, self._fire)
-            self._when = deadline
-            return
-        self.expired = True
-        self._deadline = None
-        self._on_expiry()
-
-
 class SMTPUpstreamSession:
     def __init__(self, upstream: SMTPUpstream) -> None:
         self.upstream = upstream
         self.cfg = upstream.cfg
         # no per-command timeouts in aiosmtplib: the watchdog enforces them (module docstring)
         self.client = upstream._client(None)
-        self._watchdog = _Watchdog(self._expired)
+        self._watchdog = DeadlineTimer(self._expired)
         self.extensions: frozenset[str] = frozenset()
         self._identity: ClientIdentity | None = None
         self._xforward_attrs: set[str] = set()

@@ -1,10 +1,11 @@
-"""The upstream session's watchdog: one timer, deadlines moved per command (smtpguard/upstream/smtp.py)."""
+"""The deadline timer of the upstream watchdog and the idle timeout: one timer, deadlines moved per
+command (smtpguard/deadline.py), and the upstream connect timeout (smtpguard/upstream/smtp.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from smtpguard.upstream.smtp import _Watchdog
+from smtpguard.deadline import DeadlineTimer
 
 
 def test_fires_once_after_the_deadline() -> None:
@@ -17,7 +18,7 @@ def test_fires_once_after_the_deadline() -> None:
             fired.append(loop.time())
             done.set()
 
-        dog = _Watchdog(expired)
+        dog = DeadlineTimer(expired)
         start = loop.time()
         dog.arm(0.05)
         await done.wait()
@@ -32,7 +33,7 @@ def test_disarm_and_rearm_never_fire_early() -> None:
     async def run() -> tuple[list[str], bool]:
         loop = asyncio.get_running_loop()
         fired: list[str] = []
-        dog = _Watchdog(lambda: fired.append("expired"))
+        dog = DeadlineTimer(lambda: fired.append("expired"))
         dog.arm(0.02)
         dog.disarm()  # the command answered in time
         dog.arm(10.0)  # the next command: a later deadline, the early timer re-arms itself
@@ -54,7 +55,7 @@ def test_disarm_and_rearm_never_fire_early() -> None:
 def test_an_earlier_deadline_replaces_a_later_timer() -> None:
     async def run() -> bool:
         done = asyncio.Event()
-        dog = _Watchdog(done.set)
+        dog = DeadlineTimer(done.set)
         dog.arm(60.0)
         dog.arm(0.01)
         await asyncio.wait_for(done.wait(), 30)  # would hang for 60 s if the timer were not moved
