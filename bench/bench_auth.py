@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_auth.py [--seconds 1.0] [--rounds 3]
 
-Everything runs in-process: DNS answers come from a tiny authoritative UDP responder in a
-thread, through the real `DNSResolver` (its cache is warmed first, so SPF/DKIM/DMARC measure the
+Everything runs in-process: DNS answers come from the tests' authoritative UDP fake
+(tests/fakedns.py) in a thread, through the real `DNSResolver` (its cache is warmed first, so SPF/DKIM/DMARC measure the
 warm-cache path the proxy sees for repeat senders). CPU = `time.process_time()` (all threads:
 SPF's worker thread counts) per operation, median of `--rounds`. Baselines, measured in the same
 run: a bare dict lookup and `email.message_from_bytes` of the same 2 KB message.
@@ -16,21 +16,19 @@ import asyncio
 import base64
 import email
 import ipaddress
-import socket
 import statistics
 import subprocess
-import threading
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import dkim
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import nacl.encoding
 import nacl.signing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fakedns import FakeDNS
 
 from smtpguard.checks import dkim as dkim_check
 from smtpguard.checks import dmarc as dmarc_check
@@ -39,37 +37,6 @@ from smtpguard.checks.base import CheckContext, CheckEnv, CheckResult
 from smtpguard.dns.resolver import DNSResolver
 from smtpguard.facts import Message, Session, Transaction
 from smtpguard.stage import Stage
-
-
-class Responder:
-    """Authoritative answers from {(name, type): [rdata text]} on a UDP socket (own thread)."""
-
-    def __init__(self, records: dict[tuple[str, str], list[str]]) -> None:
-        self.records = records
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            q = dns.message.from_wire(data)
-            question = q.question[0]
-            key = (question.name.to_text(omit_final_dot=True).lower(), dns.rdatatype.to_text(question.rdtype))
-            r = dns.message.make_response(q)
-            r.flags |= dns.flags.AA
-            if key in self.records:
-                r.answer.append(dns.rrset.from_text_list(question.name, 3600, "IN", key[1], self.records[key]))
-            elif not any(n == key[0] for n, _ in self.records):
-                r.set_rcode(dns.rcode.NXDOMAIN)
-            self.sock.sendto(r.to_wire(), peer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def rsa_key() -> tuple[bytes, str]:
@@ -146,7 +113,8 @@ def main() -> None:
         ("ed._domainkey.example.com", "TXT"): [quoted(ed_txt)],
         ("_dmarc.example.com", "TXT"): ['"v=DMARC1; p=reject"'],
     }
-    server = Responder(records)
+    server = FakeDNS()
+    server.records = {key: (3600, values) for key, values in records.items()}
     resolver = DNSResolver([f"127.0.0.1:{server.port}"], timeout=2.0)
     loop = asyncio.new_event_loop()
 

@@ -23,7 +23,6 @@ test's tmp_path (paths printed; run with -s).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -36,13 +35,13 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from conftest import require_binaries
 from realservers import NSD, Postfix, Prometheus, Redis, find_binary, wait_for
 from sgproc import Smtpguard
+from test_grafana_dashboard import load_queries_module  # grafana/queries.py, loaded by path
 from test_proxy_postfix import Raw, open_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,14 +103,6 @@ rules:
 def unique() -> str:
     return uuid.uuid4().hex[:12]
 
-
-def load_queries_module() -> ModuleType:
-    """grafana/queries.py (the dashboard's own query extraction and variable substitution)."""
-    spec = importlib.util.spec_from_file_location("dashboard_queries", ROOT / "grafana" / "queries.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def dashboard_queries(variables: Mapping[str, str]) -> list[tuple[str, str, str]]:

@@ -1,68 +1,21 @@
-"""DNSResolver against an in-process authoritative fake (UDP, own thread): contract, cache, metrics."""
+"""DNSResolver against an in-process authoritative fake (tests/fakedns.py): contract, cache, metrics."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
+from fakedns import FakeDNS
 
 from smtpguard.dns.resolver import DNSResolver, parse_nameserver
 from smtpguard.errors import DNSError
 from smtpguard.metrics import DNS_QUERIES
 
 
-class FakeServer:
-    """Answers from `records` {(name, type): (ttl, [rdata text])}; `servfail`/`drop` name sets."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], tuple[int, list[str]]] = {}
-        self.servfail: set[str] = set()
-        self.drop: set[str] = set()
-        self.seen: list[tuple[str, str]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            q = dns.message.from_wire(data)
-            question = q.question[0]
-            name = question.name.to_text(omit_final_dot=True).lower()
-            rtype = dns.rdatatype.to_text(question.rdtype)
-            self.seen.append((name, rtype))
-            if name in self.drop:
-                continue
-            r = dns.message.make_response(q)
-            r.flags |= dns.flags.AA
-            if name in self.servfail:
-                r.set_rcode(dns.rcode.SERVFAIL)
-            elif (name, rtype) in self.records:
-                ttl, values = self.records[(name, rtype)]
-                r.answer.append(dns.rrset.from_text_list(question.name, ttl, "IN", rtype, values))
-            elif not any(n == name for n, _ in self.records):
-                r.set_rcode(dns.rcode.NXDOMAIN)
-            self.sock.sendto(r.to_wire(), peer)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def server() -> Iterator[FakeServer]:
-    s = FakeServer()
+def server() -> Iterator[FakeDNS]:
+    s = FakeDNS()
     s.records = {
         ("a.test", "A"): (300, ["192.0.2.1", "192.0.2.2"]),
         ("a.test", "AAAA"): (300, ["2001:db8::1"]),
@@ -78,7 +31,7 @@ def server() -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def resolver(server: FakeServer) -> Iterator[DNSResolver]:
+def resolver(server: FakeDNS) -> Iterator[DNSResolver]:
     r = DNSResolver([f"127.0.0.1:{server.port}"], timeout=0.5)
     yield r
     r.close()
@@ -112,7 +65,7 @@ async def test_temporary_failures_raise_dnserror(resolver: DNSResolver, name: st
         await resolver.lookup_a(name)
 
 
-async def test_positive_and_negative_answers_are_cached(resolver: DNSResolver, server: FakeServer) -> None:
+async def test_positive_and_negative_answers_are_cached(resolver: DNSResolver, server: FakeDNS) -> None:
     before = count("A", "cached")
     ok, nx = count("A", "ok"), count("A", "nxdomain")
     await resolver.lookup_a("a.test")
@@ -125,13 +78,13 @@ async def test_positive_and_negative_answers_are_cached(resolver: DNSResolver, s
     assert count("A", "cached") == before + 2
 
 
-async def test_ttl_is_respected(resolver: DNSResolver, server: FakeServer) -> None:
+async def test_ttl_is_respected(resolver: DNSResolver, server: FakeDNS) -> None:
     await resolver.lookup_a("zero.test")
     await resolver.lookup_a("zero.test")
     assert server.seen.count(("zero.test", "A")) == 2  # TTL 0: never served from cache
 
 
-async def test_servfail_is_not_cached(resolver: DNSResolver, server: FakeServer) -> None:
+async def test_servfail_is_not_cached(resolver: DNSResolver, server: FakeDNS) -> None:
     for _ in range(2):
         with pytest.raises(DNSError):
             await resolver.lookup_a("broken.test")
@@ -139,7 +92,7 @@ async def test_servfail_is_not_cached(resolver: DNSResolver, server: FakeServer)
 
 
 async def test_sync_facade_shares_the_cache_and_runs_in_the_pool(resolver: DNSResolver,
-                                                                 server: FakeServer) -> None:
+                                                                 server: FakeDNS) -> None:
     await resolver.lookup_txt("a.test")
     seen = len(server.seen)
 
@@ -155,12 +108,12 @@ async def test_sync_facade_shares_the_cache_and_runs_in_the_pool(resolver: DNSRe
         await resolver.run_blocking(resolver.sync.lookup_a, "broken.test")
 
 
-async def test_no_search_list(resolver: DNSResolver, server: FakeServer) -> None:
+async def test_no_search_list(resolver: DNSResolver, server: FakeDNS) -> None:
     await resolver.lookup_a("single")
     assert [n for n, _ in server.seen] == ["single"]
 
 
-def test_close_shuts_the_pool(server: FakeServer) -> None:
+def test_close_shuts_the_pool(server: FakeDNS) -> None:
     r = DNSResolver([f"127.0.0.1:{server.port}"])
     r.close()
     with pytest.raises(RuntimeError):
