@@ -23,6 +23,19 @@ from smtpguard.stage import Scope, Stage
 
 
 @dataclass
+class FakeClock:
+    """The `clock` of CheckEnv: time() and monotonic() both return `now`, which tests move."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 class Script:
     outcomes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)

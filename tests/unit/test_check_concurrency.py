@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 import pytest
+from policy_fakes import FakeClock
 
 from smtpguard.checks.base import CheckContext, CheckEnv
 from smtpguard.checks.concurrency import ConcurrencyCheck
@@ -13,17 +14,6 @@ from smtpguard.errors import StoreError
 from smtpguard.facts import Session
 from smtpguard.stage import Stage
 from smtpguard.store.memory import MemoryStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class BrokenStore(MemoryStore):

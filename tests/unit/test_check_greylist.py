@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_fakes import FakeClock
 
 from smtpguard.checks.base import CheckContext, CheckEnv, CheckResult
 from smtpguard.checks.greylist import GreylistCheck
@@ -15,17 +16,6 @@ from smtpguard.facts import Session, Transaction
 from smtpguard.stage import Stage
 from smtpguard.store.base import GreylistDecision
 from smtpguard.store.memory import MemoryStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class BrokenStore(MemoryStore):

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 import pytest
+from policy_fakes import FakeClock
 from pydantic import ValidationError
 
 from smtpguard.checks.base import CheckContext, CheckEnv
@@ -17,17 +18,6 @@ from smtpguard.facts import Message, Session, Transaction
 from smtpguard.ratelimits import parse_rate
 from smtpguard.store.base import RateDecision
 from smtpguard.store.memory import MemoryStore
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class BrokenStore(MemoryStore):
