@@ -22,7 +22,6 @@ from smtpguard.policy.runner import PolicyRunner
 from smtpguard.stage import Scope, Stage
 
 
-@dataclass
 class FakeClock:
     """The `clock` of CheckEnv: time() and monotonic() both return `now`, which tests move."""
 
@@ -36,6 +35,7 @@ class FakeClock:
         return self.now
 
 
+@dataclass
 class Script:
     outcomes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
